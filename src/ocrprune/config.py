@@ -1,0 +1,185 @@
+"""Frozen run configuration: one object built by the CLI and passed explicitly.
+
+Range checks live in `__post_init__`, so a config that exists is a config that can run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR"
+# The commit of deepseek-ai/DeepSeek-OCR we pin when loading by hub id (users can override with
+# --revision). Pinning matters: remote-code revisions in user reports differ.
+DEFAULT_REVISION = "9f30c71f441d010e5429c532364a86705536c53a"
+TINY_RANDOM = "tiny-random"
+
+ModeName = Literal["tiny", "small", "base", "large", "gundam"]
+DeviceName = Literal["auto", "cuda", "cpu"]
+DtypeName = Literal["auto", "bf16", "fp32"]
+PruneMethod = Literal["rtprune", "norm", "random"]
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """One DeepSeek-OCR resolution mode (runtime doc §1.3)."""
+
+    base_size: int
+    image_size: int
+    crop: bool
+
+    @property
+    def global_grid(self) -> int:
+        """Side of the global token grid: ceil(size / 16 / 4)."""
+        return math.ceil(self.base_size / 64)
+
+    @property
+    def tile_grid(self) -> int:
+        return math.ceil(self.image_size / 64)
+
+
+MODES: dict[str, ModeSpec] = {
+    "tiny": ModeSpec(512, 512, False),
+    "small": ModeSpec(640, 640, False),
+    "base": ModeSpec(1024, 1024, False),
+    "large": ModeSpec(1280, 1280, False),
+    "gundam": ModeSpec(1024, 640, True),
+}
+
+PROMPTS: dict[str, str] = {
+    "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
+    "ocr": "<image>\n<|grounding|>OCR this image.",
+    "free": "<image>\nFree OCR.",
+    "figure": "<image>\nParse the figure.",
+    "describe": "<image>\nDescribe this image in detail.",
+}
+
+
+def resolve_prompt(prompt: str) -> str:
+    """A preset name or custom text; custom text must contain exactly one `<image>`."""
+    if prompt in PROMPTS:
+        return PROMPTS[prompt]
+    if prompt.count("<image>") != 1:
+        raise ValueError(
+            f"prompt must be one of {', '.join(PROMPTS)} or text containing <image> once: {prompt!r}"
+        )
+    return prompt.strip()
+
+
+def parse_keep(value: str | float) -> float | Literal["auto"]:
+    """Parse a `--keep` value: `auto` or a float in (0, 1]. Raises ValueError otherwise."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"keep must be 'auto' or a number in (0, 1], got {value!r}") from None
+    else:
+        number = float(value)
+    if not math.isfinite(number) or not 0.0 < number <= 1.0:
+        raise ValueError(f"keep must be 'auto' or a number in (0, 1], got {value!r}")
+    return number
+
+
+def keep_label(keep: float | Literal["auto"]) -> str:
+    """Stable text form of a keep setting, e.g. `auto`, `1`, `0.4`."""
+    return "auto" if keep == "auto" else f"{float(keep):g}"
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How visual tokens are pruned: `keep` is `auto` (RTPrune's dynamic ratio) or (0, 1]."""
+
+    keep: float | Literal["auto"] = "auto"
+    method: PruneMethod = "rtprune"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        parse_keep(self.keep if self.keep == "auto" else float(self.keep))
+        if self.method not in ("rtprune", "norm", "random"):
+            raise ValueError(f"unknown prune method {self.method!r}")
+
+    @property
+    def is_noop(self) -> bool:
+        return self.keep != "auto" and float(self.keep) >= 1.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to load and where to run it."""
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    device: DeviceName = "auto"
+    dtype: DtypeName = "auto"
+    attn: Literal["sdpa", "eager"] = "sdpa"
+    seed: int = 0
+
+    @property
+    def is_tiny_random(self) -> bool:
+        return self.model == TINY_RANDOM
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings, as the official pipeline uses them (runtime doc §1.7)."""
+
+    mode: str = "gundam"
+    prompt: str = PROMPTS["markdown"]
+    max_new_tokens: int = 8192
+    ngram_size: int = 30
+    ngram_window: int = 90
+    max_positions: int = 8192
+    page_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+
+
+@dataclass(frozen=True)
+class RasterConfig:
+    """How pages become images."""
+
+    dpi: int = 144
+    max_pixels: int = 40_000_000
+    password: str | None = None
+    pages: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 18 <= self.dpi <= 1200:
+            raise ValueError(f"dpi must be between 18 and 1200, got {self.dpi}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one `ocrprune convert` run needs."""
+
+    inputs: tuple[str, ...]
+    out: Path
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    raster: RasterConfig = field(default_factory=RasterConfig)
+    formats: tuple[str, ...] = ("md", "json")
+    glob: str | None = None
+    batch_size: int | None = None
+    page_separator: str = "\n\n<--- Page Split --->\n\n"
+    stdout: bool = False
+    force: bool = False
+    retry_failed: bool = False
+    fail_fast: bool = False
+    queue_pages: int = 16
+
+    def __post_init__(self) -> None:
+        bad = set(self.formats) - {"md", "json"}
+        if bad:
+            raise ValueError(f"unknown format(s): {', '.join(sorted(bad))}; use md,json")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError("batch size must be at least 1")

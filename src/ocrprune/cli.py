@@ -1,0 +1,275 @@
+"""The `ocrprune` command line: parse and check flags, build one `RunConfig`, call the pipeline,
+print the summary on stderr and exit with the documented code.
+
+Nothing here imports torch: `ocrprune --help` starts instantly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .config import (
+    DEFAULT_MODEL,
+    MODES,
+    PROMPTS,
+    GenerationSettings,
+    ModelConfig,
+    PruneConfig,
+    RasterConfig,
+    RunConfig,
+    parse_keep,
+    resolve_prompt,
+)
+from .console import ProgressView, setup_logging
+from .errors import ExitCode, OcrpruneError
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    every page converted
+  1    internal error (a bug; run with -v for the traceback)
+  2    usage error (bad flag or value)
+  3    finished, but some inputs or pages failed (the rest were written)
+  4    nothing succeeded (no usable input, or every document failed)
+  5    environment: the model will not load, or CUDA was asked for and is absent
+  6    the output folder is not writable
+  130  interrupted (Ctrl-C); finished documents are written
+"""
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="Batch OCR with DeepSeek-OCR and RTPrune visual-token pruning.\n\n" + EXIT_CODES_HELP,
+)
+log = logging.getLogger("ocrprune")
+
+
+def _keep_callback(value: str) -> str:
+    try:
+        parse_keep(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _prompt_callback(value: str) -> str:
+    try:
+        resolve_prompt(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def parse_pages(text: str | None) -> tuple[tuple[int, int], ...]:
+    """`1-3,7` -> ((1, 3), (7, 7)); 1-based and inclusive."""
+    if not text:
+        return ()
+    ranges = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        start, sep, end = part.partition("-")
+        try:
+            first = int(start)
+            last = int(end) if sep and end.strip() else (10**9 if sep else first)
+        except ValueError:
+            raise typer.BadParameter(f"page ranges look like 1-3,7 (got {text!r})") from None
+        if first < 1 or last < first:
+            raise typer.BadParameter(f"page ranges are 1-based and ascending (got {part!r})")
+        ranges.append((first, last))
+    return tuple(ranges)
+
+
+def _pages_callback(value: Optional[str]) -> Optional[str]:
+    parse_pages(value)
+    return value
+
+
+def _formats_callback(value: str) -> str:
+    formats = {f.strip().lower() for f in value.split(",") if f.strip()}
+    if not formats or formats - {"md", "json"}:
+        raise typer.BadParameter("use md, json or md,json")
+    return value
+
+
+@contextlib.contextmanager
+def protected_stdout() -> Iterator[Callable[[str], None]]:
+    """Reserve stdout for data: anything else printing to fd 1 (Python or C code) goes to stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    real = os.fdopen(saved, "w", encoding="utf-8", closefd=True)
+    old_stdout = sys.stdout
+    sys.stdout = sys.stderr
+
+    def emit(text: str) -> None:
+        real.write(text)
+        real.flush()
+
+    try:
+        yield emit
+    finally:
+        sys.stdout = old_stdout
+        real.flush()
+        os.dup2(real.fileno(), 1)
+        real.close()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"ocrprune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Batch OCR with DeepSeek-OCR and RTPrune visual-token pruning."""
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def convert(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="PDFs, images, folders (recursive), quoted globs, @list.txt, or - for paths on stdin.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors the input tree).")] = Path(
+        "ocrprune-out"
+    ),
+    keep: Annotated[
+        str,
+        typer.Option(
+            help="Visual tokens to keep: 'auto' (RTPrune's per-page ratio) or a fraction in (0, 1]; 1 = no pruning.",
+            callback=_keep_callback,
+        ),
+    ] = "auto",
+    prune_method: Annotated[
+        str, typer.Option(help="rtprune (norm + OT merge), norm (stage 1 only) or random (same budget).")
+    ] = "rtprune",
+    mode: Annotated[str, typer.Option(help="Resolution mode: " + ", ".join(MODES) + ".")] = "gundam",
+    prompt: Annotated[
+        str,
+        typer.Option(help="Preset (" + ", ".join(PROMPTS) + ") or custom text containing <image>.", callback=_prompt_callback),
+    ] = "markdown",
+    model: Annotated[
+        str, typer.Option(help="Hub id, a local folder in the official layout, or tiny-random.")
+    ] = DEFAULT_MODEL,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision (defaults to a pinned commit).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32.")] = "auto",
+    batch_size: Annotated[
+        Optional[int], typer.Option(min=1, help="Pages per GPU batch (default: from free memory and mode).")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=8192, help="Token limit per page.")] = 8192,
+    page_timeout: Annotated[
+        Optional[float], typer.Option(min=0.1, help="Seconds of generation per batch before pages time out.")
+    ] = None,
+    dpi: Annotated[int, typer.Option(min=18, max=1200, help="PDF rendering resolution.")] = 144,
+    pages: Annotated[
+        Optional[str], typer.Option(help="Page ranges, 1-based: 1-3,7.", callback=_pages_callback)
+    ] = None,
+    password: Annotated[Optional[str], typer.Option(help="Password for encrypted PDFs.")] = None,
+    glob: Annotated[Optional[str], typer.Option(help="Filter for files found in folders, e.g. '*.pdf'.")] = None,
+    format: Annotated[str, typer.Option("--format", help="md, json or md,json.", callback=_formats_callback)] = "md,json",
+    page_separator: Annotated[
+        str, typer.Option(help="Text between pages in Markdown.")
+    ] = "\n\n<--- Page Split --->\n\n",
+    stdout: Annotated[
+        bool, typer.Option("--stdout", help="Write Markdown (one input) or JSON Lines (one line per page) to stdout.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Redo documents already converted with the same options.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Redo documents that had failed pages.")] = False,
+    fail_fast: Annotated[bool, typer.Option(help="Stop at the first failure.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for --prune-method random and the tiny-random model.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False,
+    log_format: Annotated[str, typer.Option(help="text or json (one object per line on stderr).")] = "text",
+) -> None:
+    """Convert documents to Markdown and JSON, with a per-page timing and token report."""
+    choices = {
+        "--prune-method": (prune_method, ("rtprune", "norm", "random")),
+        "--mode": (mode, tuple(MODES)),
+        "--device": (device, ("auto", "cuda", "cpu")),
+        "--dtype": (dtype, ("auto", "bf16", "fp32")),
+        "--log-format": (log_format, ("text", "json")),
+    }
+    for flag, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=flag)
+    setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
+    config = RunConfig(
+        inputs=tuple(inputs),
+        out=out,
+        model=ModelConfig(model=model, revision=revision, device=device, dtype=dtype, seed=seed),  # type: ignore[arg-type]
+        prune=PruneConfig(keep=parse_keep(keep), method=prune_method, seed=seed),  # type: ignore[arg-type]
+        generation=GenerationSettings(
+            mode=mode, prompt=resolve_prompt(prompt), max_new_tokens=max_new_tokens, page_timeout=page_timeout
+        ),
+        raster=RasterConfig(dpi=dpi, password=password, pages=parse_pages(pages)),
+        formats=tuple(sorted({f.strip().lower() for f in format.split(",") if f.strip()})),
+        glob=glob,
+        batch_size=batch_size,
+        page_separator=page_separator,
+        stdout=stdout,
+        force=force,
+        retry_failed=retry_failed,
+        fail_fast=fail_fast,
+    )
+    raise typer.Exit(_run_convert(config, quiet, verbose))
+
+
+def _run_convert(config: RunConfig, quiet: bool, verbose: bool) -> int:
+    """Run the pipeline and map its outcome or exception to an exit code."""
+    from . import pipeline
+    from .report import render_summary
+
+    progress = ProgressView(enabled=not quiet)
+    stdin = sys.stdin if "-" in config.inputs else None
+    try:
+        if config.stdout:
+            with protected_stdout() as emit:
+                outcome = pipeline.run(config, progress=progress, stdin=stdin, emit=emit)
+        else:
+            outcome = pipeline.run(config, progress=progress, stdin=stdin)
+    except OcrpruneError as exc:
+        progress.close()
+        log.error("%s", exc)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        progress.close()
+        log.error("interrupted")
+        return int(ExitCode.INTERRUPTED)
+    except Exception:  # noqa: BLE001 - a bug: say so, with the traceback, exit 1
+        progress.close()
+        log.error("internal error (this is a bug; please report it)", exc_info=True)
+        return int(ExitCode.INTERNAL)
+    if not quiet and outcome.report is not None:
+        sys.stderr.write(render_summary(outcome.report))
+        if not config.stdout:
+            sys.stderr.write(f"outputs in {config.out}/ (report.json, pages.csv)\n")
+    return int(outcome.exit_code)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))

@@ -1,20 +1,22 @@
 """RTPrune (arXiv 2605.00392) as pure tensor functions.
 
-Given one image's projected visual features (`[L, D]`, newline and separator tokens included, in
+Given one image's projected features (`[L, D]`, newline and separator tokens included, in
 DeepSeek-OCR's order), its layout and a keep setting, return which positions survive and their
-(merged) embeddings. Stage 1 keeps the top-K tokens by L2 norm; stage 2 merges every pruned token into
-the kept ones with a log-domain Sinkhorn transport plan (cosine scores, dustbin 0.2, 100 iterations,
-epsilon 1) and adds `0.1 * Pi @ V`. Newline and separator tokens are never pruned; a newline that
-directly follows another kept newline (a row whose tokens were all pruned) is dropped.
+(merged) embeddings. Stage 1 keeps the top-K tokens by L2 norm; stage 2 merges every pruned token
+into the kept ones with a log-domain Sinkhorn plan (cosine scores, dustbin 0.2, 100 iterations,
+epsilon 1) and adds `0.1 * Pi @ V`. Newline (NL) and separator (SEP) tokens are never pruned; a
+newline that directly follows another kept newline (a row whose tokens were all pruned) is dropped.
 
-This module imports torch and the standard library only: no transformers, no files. It takes device
-and dtype from its inputs, so it runs on the GPU when the model does. Norms, cosines and Sinkhorn are
-computed in fp32 and results cast back to the features' dtype.
+Guarantees: keep=1.0 returns the input block bit for bit; every method shares the budget, the
+gather and the newline collapse, so they compare fairly. The module imports torch and the standard
+library only (no transformers, no files), takes device and dtype from its inputs, computes norms,
+cosines, Sinkhorn and the ratios in fp32 and casts results back to the features' dtype.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,13 +25,19 @@ import torch.nn.functional as F
 
 Keep = float | Literal["auto"]
 Method = Literal["rtprune", "norm", "random"]
+METHODS: tuple[str, ...] = ("rtprune", "norm", "random")
 
 SINKHORN_ITERS = 100
 DUSTBIN_SCORE = 0.2
 MERGE_ALPHA = 0.1
 SOBEL_THRESHOLD = 0.2
-# K = floor(N * r): a tiny tolerance so that e.g. 100 * 0.29 (= 28.999999999999996) floors to 29.
+# K = floor(N * r + eps). Products such as 100 * 0.29 = 28.999999999999996 must floor to 29,
+# not 28. N is at most a few thousand, so the float error of N * r is below 1e-12; an eps of 1e-9
+# absorbs it and can only misround a true fractional part within 1e-9 of the next integer.
 _FLOOR_EPS = 1e-9
+
+
+# ---- layout -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,20 @@ class ImageLayout:
     local_rows: int = 0
     local_cols: int = 0
 
+    def __post_init__(self) -> None:
+        if self.global_grid < 1:
+            raise ValueError(f"global_grid must be >= 1, got {self.global_grid}")
+        rows, cols = self.local_rows, self.local_cols
+        if rows < 0 or cols < 0 or (rows == 0) != (cols == 0):
+            raise ValueError(
+                f"local_rows and local_cols must both be 0 or both positive, got "
+                f"{self.local_rows} x {self.local_cols}"
+            )
+
     @property
     def local_length(self) -> int:
-        return self.local_rows * (self.local_cols + 1) if self.local_rows else 0
+        """Tokens in the stitched local part, newlines included."""
+        return self.local_rows * (self.local_cols + 1)
 
     @property
     def length(self) -> int:
@@ -57,19 +76,27 @@ class ImageLayout:
 
     @property
     def visual_count(self) -> int:
+        """N, the prunable tokens: local_rows * local_cols + g^2."""
         return self.local_rows * self.local_cols + self.global_grid**2
+
+    @property
+    def separator_index(self) -> int:
+        return self.length - 1
 
 
 def newline_indices(layout: ImageLayout, device: torch.device | None = None) -> torch.Tensor:
-    """Positions of the newline tokens, ascending: `[local_rows + g]`."""
+    """Positions of the newline tokens, ascending: `[local_rows + g]` long."""
     g = layout.global_grid
-    local = torch.arange(layout.local_rows, device=device) * (layout.local_cols + 1) + layout.local_cols
+    cols = layout.local_cols
+    local = torch.arange(layout.local_rows, device=device) * (cols + 1) + cols
     glob = layout.local_length + torch.arange(g, device=device) * (g + 1) + g
     return torch.cat([local, glob])
 
 
-def layout_masks(layout: ImageLayout, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(newline_mask [L] bool, visual_index [N] long)`; the separator is position L - 1."""
+def layout_masks(
+    layout: ImageLayout, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(newline_mask [L] bool, visual_index [N] long)`; SEP (position L - 1) is in neither."""
     newline = torch.zeros(layout.length, dtype=torch.bool, device=device)
     newline[newline_indices(layout, device)] = True
     layout_token = newline.clone()
@@ -78,20 +105,23 @@ def layout_masks(layout: ImageLayout, device: torch.device | None = None) -> tup
     return newline, visual_index
 
 
+# ---- results ------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class PruneRecord:
-    """What pruning did to one image; plain Python values for reports."""
+    """What pruning did to one image, in plain Python values for the report."""
 
-    visual_total: int
-    visual_kept: int
-    layout_total: int
-    layout_kept: int
+    visual_total: int  # N
+    visual_kept: int  # K
+    layout_total: int  # newlines + SEP
+    layout_kept: int  # after the empty-row collapse
     newlines_collapsed: int
-    ratio: float
-    setting: str
+    ratio: float  # the keep ratio actually used: the fixed keep, or r in auto mode
+    setting: str  # "auto" or the fixed keep as text
     method: str
-    r_txt: float | None = None
-    r_sim: float | None = None
+    r_txt: float | None = None  # auto mode only
+    r_sim: float | None = None  # auto mode only
 
     @property
     def length_before(self) -> int:
@@ -102,7 +132,7 @@ class PruneRecord:
         return self.visual_kept + self.layout_kept
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruneResult:
     """`positions [L']` ascending indices into the unpruned block, `embeddings [L', D]`."""
 
@@ -111,22 +141,41 @@ class PruneResult:
     record: PruneRecord
 
 
+# ---- stage 1: selection -------------------------------------------------------------------------
+
+
 def token_norms(visual: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each token: `[N, D] -> [N]`, fp32."""
-    return visual.float().norm(dim=-1)
+    """L2 norm of each token, the stage-1 importance: `[N, D] -> [N]` fp32."""
+    return torch.linalg.vector_norm(visual.float(), dim=-1)
 
 
 def select_top_norm(visual: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the `k` largest-norm tokens of `[N, D]`, sorted back to original order: `[k]`."""
+    """Indices of the `k` largest-norm tokens of `[N, D]`, back in raster order: `[k]` long."""
     top = torch.topk(token_norms(visual), k, sorted=False).indices
     return torch.sort(top).values
 
 
-def select_random(count: int, k: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """`k` distinct indices of `range(count)`, uniformly at random, ascending: `[k]`."""
+def select_random(
+    count: int, k: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """`k` distinct indices of `range(count)`, uniformly at random, ascending: `[k]` long.
+
+    The permutation is drawn on the generator's own device so a seeded generator reproduces the
+    same pick wherever the features live.
+    """
     gen_device = generator.device if generator is not None else torch.device("cpu")
     order = torch.randperm(count, generator=generator, device=gen_device)[:k]
     return torch.sort(order.to(device)).values
+
+
+def keep_count(n: int, ratio: float) -> int:
+    """K = floor(N * ratio), clamped to [1, N] so a page never loses every visual token."""
+    if n == 0:
+        return 0
+    return max(1, min(n, math.floor(n * ratio + _FLOOR_EPS)))
+
+
+# ---- stage 2: optimal-transport merge -----------------------------------------------------------
 
 
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -134,17 +183,19 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
 
 
-def sinkhorn_log(scores: torch.Tensor, iters: int = SINKHORN_ITERS, dustbin: float = DUSTBIN_SCORE) -> torch.Tensor:
-    """Transport plan between kept rows and pruned columns: `[M, P] -> Pi [M, P]`.
+def sinkhorn_log(
+    scores: torch.Tensor, iters: int = SINKHORN_ITERS, dustbin: float = DUSTBIN_SCORE
+) -> torch.Tensor:
+    """Transport plan between kept rows and pruned columns: `[M, P] -> Pi [M, P]` fp32.
 
     SuperGlue-style: the scores get a dustbin row, column and corner of value `dustbin`; marginals
     are 1/(M+P) for real rows and columns, P/(M+P) for the dustbin row and M/(M+P) for the dustbin
     column; epsilon is 1, so scores enter the kernel as exp(C). The plan is scaled by (M+P), so each
-    kept row sums to at most 1 over the real columns.
+    kept row sums to at most 1 over the real columns (the rest goes to the dustbin).
     """
     m, p = scores.shape
     c = scores.float()
-    augmented = torch.full((m + 1, p + 1), dustbin, dtype=c.dtype, device=c.device)
+    augmented = torch.full((m + 1, p + 1), dustbin, dtype=c.dtype, device=c.device)  # [M+1, P+1]
     augmented[:m, :p] = c
     total = float(m + p)
     log_a = torch.full((m + 1,), -math.log(total), dtype=c.dtype, device=c.device)
@@ -160,77 +211,93 @@ def sinkhorn_log(scores: torch.Tensor, iters: int = SINKHORN_ITERS, dustbin: flo
     return plan[:m, :p]
 
 
-def merge_pruned(kept: torch.Tensor, pruned: torch.Tensor, alpha: float = MERGE_ALPHA) -> torch.Tensor:
-    """`v_i + alpha * sum_j Pi_ij v_j` for every kept token: `[M, D], [P, D] -> [M, D]`."""
+def merge_pruned(
+    kept: torch.Tensor, pruned: torch.Tensor, alpha: float = MERGE_ALPHA
+) -> torch.Tensor:
+    """`v_i + alpha * sum_j Pi_ij v_j` for every kept token: `[M, D], [P, D] -> [M, D]`.
+
+    Uses the original pruned vectors; with nothing pruned the kept tokens come back untouched.
+    """
     if pruned.shape[0] == 0 or kept.shape[0] == 0:
         return kept
-    plan = sinkhorn_log(cosine_matrix(kept, pruned))
+    plan = sinkhorn_log(cosine_matrix(kept, pruned))  # [M, P]
     merged = kept.float() + alpha * (plan @ pruned.float())
     return merged.to(kept.dtype)
 
 
-def similarity_ratio(visual: torch.Tensor) -> float:
-    """r_sim = 1 - mean_i (1/(N-1)) sum_{j != i} cos_ij^2 over `[N, D]`.
+# ---- dynamic keep ratio -------------------------------------------------------------------------
 
-    With a single token there is no redundancy to measure; we return 1.0 (keep it).
+
+def similarity_ratio(visual: torch.Tensor) -> float:
+    """r_sim = 1 - mean_i (1/(N-1)) sum_{j != i} cos_ij^2 over `[N, D]`; redundancy lowers it.
+
+    With one token there is no pair to be redundant with; we return 1.0, so auto mode keeps it
+    (K would be clamped to 1 anyway).
     """
     n = visual.shape[0]
     if n < 2:
         return 1.0
-    cos = cosine_matrix(visual, visual)
+    cos = cosine_matrix(visual, visual)  # [N, N]
     cos.fill_diagonal_(0.0)
-    mean_sq = (cos**2).sum(dim=1) / (n - 1)
+    mean_sq = (cos**2).sum(dim=1) / (n - 1)  # [N]
     return float((1.0 - mean_sq.mean()).clamp(0.0, 1.0))
-
-
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
 
 def text_density(global_view: torch.Tensor, grid: int, threshold: float = SOBEL_THRESHOLD) -> float:
     """r_txt: mean Sobel edge-pixel fraction over the `grid x grid` patches of `[3, H, W]`.
 
     The view is normalised to [-1, 1]. Each patch is zero-padded on its own before the 3x3 Sobel, so
-    a uniformly white patch scores its border ring (252/4096 for 64x64) and mid-grey padding scores 0.
-    All patches go through one convolution.
+    a uniformly white patch scores its border ring (252/4096 for 64x64) and mid-grey (0) scores 0.
+    The Sobel kernels are applied in separable form, Gx = [1, 2, 1]^T x [-1, 0, 1] and Gy its
+    transpose, on all patches at once: on CPU this is several times faster than a 1-channel
+    conv2d and gives the same sums. If H or W is not a multiple of `grid`, the trailing rows and
+    columns that do not fill a patch are ignored (every DeepSeek-OCR mode divides exactly).
     """
     _, height, width = global_view.shape
-    ph, pw = height // grid, width // grid
-    view = global_view[:, : ph * grid, : pw * grid].float()
-    gray = 0.299 * view[0] + 0.587 * view[1] + 0.114 * view[2]  # [H, W]
-    patches = gray.reshape(grid, ph, grid, pw).permute(0, 2, 1, 3).reshape(grid * grid, 1, ph, pw)
-    kx = _SOBEL_X.to(device=view.device, dtype=view.dtype)
-    kernels = torch.stack([kx, kx.T])[:, None]  # [2, 1, 3, 3]
-    grads = F.conv2d(patches, kernels, padding=1)  # [g*g, 2, ph, pw]
-    magnitude = grads.pow(2).sum(dim=1).sqrt()
-    per_patch = (magnitude > threshold).float().mean(dim=(1, 2))
+    ph, pw = height // max(grid, 1), width // max(grid, 1)
+    if grid < 1 or ph == 0 or pw == 0:
+        raise ValueError(f"cannot cut a {height}x{width} view into {grid}x{grid} patches")
+    view = global_view[:, : ph * grid, : pw * grid].float()  # [3, g*ph, g*pw]
+    gray = 0.299 * view[0] + 0.587 * view[1] + 0.114 * view[2]  # [g*ph, g*pw]
+    # [g, ph, g, pw] -> [g, g, ph, pw] -> [g*g, ph, pw]: one patch per batch item
+    patches = gray.reshape(grid, ph, grid, pw).permute(0, 2, 1, 3).reshape(grid * grid, ph, pw)
+    padded = F.pad(patches, (1, 1, 1, 1))  # [g*g, ph+2, pw+2], zeros around each patch alone
+    smooth_rows = padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]  # [g*g, ph, pw+2]
+    grad_x = smooth_rows[:, :, 2:] - smooth_rows[:, :, :-2]  # [g*g, ph, pw]
+    smooth_cols = padded[:, :, :-2] + 2 * padded[:, :, 1:-1] + padded[:, :, 2:]  # [g*g, ph+2, pw]
+    grad_y = smooth_cols[:, 2:] - smooth_cols[:, :-2]  # [g*g, ph, pw]
+    magnitude = torch.sqrt(grad_x * grad_x + grad_y * grad_y)  # [g*g, ph, pw]
+    per_patch = (magnitude > threshold).float().mean(dim=(1, 2))  # [g*g]
     return float(per_patch.mean())
 
 
 def dynamic_keep_ratio(r_txt: float, r_sim: float) -> float:
-    """r = 1 - (1 - r_txt)(1 - r_sim), the probabilistic OR of the two terms, in [0, 1]."""
+    """r = 1 - (1 - r_txt)(1 - r_sim), the probabilistic OR of the two terms, clamped to [0, 1]."""
     return min(1.0, max(0.0, 1.0 - (1.0 - r_txt) * (1.0 - r_sim)))
 
 
-def keep_count(n: int, ratio: float) -> int:
-    """K = floor(N * ratio), at least 1 (a tiny keep on Tiny mode would floor to 0), at most N."""
-    if n == 0:
-        return 0
-    return max(1, min(n, math.floor(n * ratio + _FLOOR_EPS)))
+# ---- assembling the pruned block ----------------------------------------------------------------
 
 
 def collapse_newlines(positions: torch.Tensor, newline_mask: torch.Tensor) -> torch.Tensor:
-    """Drop a kept newline that directly follows another kept newline (a fully pruned row)."""
-    is_nl = newline_mask[positions]
+    """Drop each kept newline whose previous kept position is also a newline: `[K'] -> [L']`.
+
+    Only the first newline of a run survives (a fully pruned row leaves no visual token between two
+    newlines). SEP is not a newline in the mask, so it always stays.
+    """
+    is_nl = newline_mask[positions]  # [K']
     previous_nl = torch.zeros_like(is_nl)
     previous_nl[1:] = is_nl[:-1]
     return positions[~(is_nl & previous_nl)]
 
 
-def gapped_positions(prefix_len: int, block_positions: torch.Tensor, suffix_len: int, block_len: int) -> torch.Tensor:
-    """Original position ids for `[prefix][kept image tokens][suffix]`: gaps where tokens went.
+def gapped_positions(
+    prefix_len: int, block_positions: torch.Tensor, suffix_len: int, block_len: int
+) -> torch.Tensor:
+    """Original position ids for `[prefix][kept image tokens][suffix]`: `[prefix + L' + suffix]`.
 
     prefix -> 0..prefix_len-1, kept image -> prefix_len + block_positions, suffix -> positions after
-    the whole unpruned block, so decoding continues from the unpruned length.
+    the whole unpruned block, so decoding continues from the unpruned length (spec §1.3-1.4).
     """
     device = block_positions.device
     return torch.cat(
@@ -242,6 +309,22 @@ def gapped_positions(prefix_len: int, block_positions: torch.Tensor, suffix_len:
     )
 
 
+def resolve_ratio(
+    keep: Keep, visual: torch.Tensor, global_view: torch.Tensor | None, grid: int
+) -> tuple[float, str, float | None, float | None]:
+    """`(ratio, setting, r_txt, r_sim)` for a fixed keep in (0, 1] or "auto"; visual `[N, D]`."""
+    if keep == "auto":
+        if global_view is None:
+            raise ValueError("keep='auto' needs the global view (for text density)")
+        r_txt = text_density(global_view, grid)
+        r_sim = similarity_ratio(visual)
+        return dynamic_keep_ratio(r_txt, r_sim), "auto", r_txt, r_sim
+    ratio = float(keep)
+    if not 0.0 < ratio <= 1.0:  # also rejects NaN
+        raise ValueError(f"keep must be in (0, 1] or 'auto', got {keep!r}")
+    return ratio, f"{ratio:g}", None, None
+
+
 def prune_image(
     features: torch.Tensor,
     layout: ImageLayout,
@@ -251,76 +334,78 @@ def prune_image(
     method: Method = "rtprune",
     generator: torch.Generator | None = None,
 ) -> PruneResult:
-    """Prune one image block `[L, D]`; see the module docstring. `global_view` `[3, S, S]` is
-    needed for `keep="auto"` (text density)."""
+    """Prune one image block `[L, D]` -> positions `[L']`, embeddings `[L', D]` and a record.
+
+    `global_view` `[3, S, S]` (normalised to [-1, 1]) is needed only for `keep="auto"`. `method`:
+    "rtprune" (top-norm + OT merge), "norm" (top-norm only) or "random" (seeded by `generator`).
+    """
     if features.shape[0] != layout.length:
         raise ValueError(f"features have {features.shape[0]} rows, layout expects {layout.length}")
-    device = features.device
-    newline, visual_index = layout_masks(layout, device)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    newline, visual_index = layout_masks(layout, features.device)  # [L], [N]
     visual = features[visual_index]  # [N, D]
     n = visual.shape[0]
-    r_txt = r_sim = None
-    if keep == "auto":
-        if global_view is None:
-            raise ValueError("keep='auto' needs the global view for text density")
-        r_txt = text_density(global_view, layout.global_grid)
-        r_sim = similarity_ratio(visual)
-        ratio = dynamic_keep_ratio(r_txt, r_sim)
-        setting = "auto"
-    else:
-        ratio = float(keep)
-        if not 0.0 < ratio <= 1.0 or math.isnan(ratio):
-            raise ValueError(f"keep must be in (0, 1], got {keep}")
-        setting = f"{ratio:g}"
+    ratio, setting, r_txt, r_sim = resolve_ratio(keep, visual, global_view, layout.global_grid)
     k = keep_count(n, ratio)
     layout_total = int(newline.sum()) + 1
 
-    def record(kept_layout: int, collapsed: int) -> PruneRecord:
-        return PruneRecord(n, k, layout_total, kept_layout, collapsed, ratio, setting, method, r_txt, r_sim)
-
-    if k >= n:
-        positions = torch.arange(layout.length, device=device)
-        return PruneResult(positions, features, record(layout_total, 0))
+    if k >= n:  # nothing to prune: the block goes through untouched
+        positions = torch.arange(layout.length, device=features.device)
+        record = PruneRecord(
+            n, n, layout_total, layout_total, 0, ratio, setting, method, r_txt, r_sim
+        )
+        return PruneResult(positions, features, record)
 
     if method == "random":
-        chosen = select_random(n, k, generator, device)
+        chosen = select_random(n, k, generator, features.device)  # [K]
     else:
-        chosen = select_top_norm(visual, k)
-    kept_mask = torch.zeros(n, dtype=torch.bool, device=device)
-    kept_mask[chosen] = True
-    kept_values = visual[chosen]
+        chosen = select_top_norm(visual, k)  # [K]
+    block = features
     if method == "rtprune":
-        kept_values = merge_pruned(kept_values, visual[~kept_mask])
+        kept_mask = torch.zeros(n, dtype=torch.bool, device=features.device)
+        kept_mask[chosen] = True
+        block = features.clone()
+        block[visual_index[chosen]] = merge_pruned(visual[chosen], visual[~kept_mask])
 
-    block = features.clone()
-    block[visual_index[chosen]] = kept_values
-    keep_position = newline.clone()
+    keep_position = newline.clone()  # [L]: NLs, SEP and the chosen visual tokens
     keep_position[-1] = True
     keep_position[visual_index[chosen]] = True
-    positions = torch.nonzero(keep_position).flatten()
-    collapsed_positions = collapse_newlines(positions, newline)
-    collapsed = int(positions.numel() - collapsed_positions.numel())
-    return PruneResult(collapsed_positions, block[collapsed_positions], record(layout_total - collapsed, collapsed))
+    before = torch.nonzero(keep_position).flatten()  # [K + layout_total]
+    positions = collapse_newlines(before, newline)  # [L']
+    collapsed = int(before.numel() - positions.numel())
+    layout_kept = layout_total - collapsed
+    record = PruneRecord(
+        n, k, layout_total, layout_kept, collapsed, ratio, setting, method, r_txt, r_sim
+    )
+    return PruneResult(positions, block[positions], record)
 
 
 def prune_images(
-    features: list[torch.Tensor],
-    layouts: list[ImageLayout],
+    features: Sequence[torch.Tensor],
+    layouts: Sequence[ImageLayout],
     keep: Keep,
     *,
-    global_views: torch.Tensor | None = None,
+    global_views: Sequence[torch.Tensor] | torch.Tensor | None = None,
     method: Method = "rtprune",
     generator: torch.Generator | None = None,
 ) -> list[PruneResult]:
-    """`prune_image` over a batch of images (each image's tokens are handled vectorised)."""
+    """`prune_image` per image: blocks `[L_i, D]`, views `[3, S, S]` each (or one `[B, 3, S, S]`).
+
+    Images differ in length, so this loops over images; each image is handled vectorised.
+    """
+    if len(features) != len(layouts):
+        raise ValueError(f"{len(features)} feature blocks but {len(layouts)} layouts")
+    if global_views is not None and len(global_views) != len(features):
+        raise ValueError(f"{len(features)} feature blocks but {len(global_views)} global views")
     return [
         prune_image(
-            f,
+            block,
             layout,
             keep,
             global_view=None if global_views is None else global_views[i],
             method=method,
             generator=generator,
         )
-        for i, (f, layout) in enumerate(zip(features, layouts))
+        for i, (block, layout) in enumerate(zip(features, layouts))
     ]

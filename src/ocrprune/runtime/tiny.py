@@ -107,13 +107,25 @@ def tiny_config(vocab_size: int, image_token_id: int) -> UnlimitedOcrConfig:
 
 @torch.no_grad()
 def reinit_non_degenerate(model: UnlimitedOcrForConditionalGeneration, seed: int) -> None:
-    """Larger random weights so greedy decoding varies with image and position (doc §8)."""
+    """Random weights scaled so greedy decoding varies with the image and the position (doc §8).
+
+    The scales were picked by looking at outputs: varied text, some pages ending with EOS and some
+    running to the limit, and different text for different pages and keep settings.
+    """
     generator = torch.Generator().manual_seed(seed)
     for name, param in model.named_parameters():
         if name.startswith(("model.language_model", "lm_head")) and param.dim() >= 2:
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.15)
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+        elif name.startswith("model.vision_tower") and param.dim() >= 2 and "pos" not in name:
+            # SAM's default init (std 1e-10) makes the encoder ignore its input entirely.
+            fan_in = param[0].numel()
+            param.copy_(torch.randn(param.shape, generator=generator) / fan_in**0.5)
         elif name.startswith("model.multi_modal_projector") and param.dim() >= 2:
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    # A slightly longer end-of-sequence row makes EOS win now and then, so pages end after tens of
+    # tokens (like real pages) instead of running to the token limit.
+    eos = model.config.text_config.eos_token_id
+    model.lm_head.weight[eos] *= 1.15
     text = model.model.language_model
     text.embed_tokens.weight.copy_(torch.randn(text.embed_tokens.weight.shape, generator=generator))
     for vector in (model.model.image_newline, model.model.view_separator):

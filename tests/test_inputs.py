@@ -235,3 +235,13 @@ def test_special_files_are_not_documents_and_never_block(tmp_path: Path) -> None
     docs, errors = expand_inputs([str(fifo), str(tmp_path)])
     assert docs == []
     assert kinds(errors) == [(str(fifo), "not_a_document"), (str(tmp_path), "empty")]
+
+
+def test_folder_reports_files_named_like_documents_that_are_not(tmp_path: Path) -> None:
+    make_pdf(tmp_path / "good.pdf")
+    (tmp_path / "x.pdf").write_bytes(b"")
+    (tmp_path / "lies.pdf").write_text("plain text\n")
+    (tmp_path / "notes.md").write_text("# not a document, and not named like one\n")
+    docs, errors = expand_inputs([str(tmp_path)])
+    assert [d.rel.name for d in docs] == ["good"]
+    assert sorted((Path(e.path).name, e.kind) for e in errors) == [("lies.pdf", "not_a_document"), ("x.pdf", "empty")]

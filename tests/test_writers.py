@@ -61,16 +61,16 @@ def test_markdown_marks_every_non_ok_page_and_keeps_its_text() -> None:
     assert render_markdown(doc, page_separator=SEP, image_dir="report_images") == (
         "# One"
         + SEP
-        + "<!-- ocrprune: page 2 status=render_error: page 2: cannot render: broken xref -->"
+        + "> **ocrprune: page 2 status=render_error: page 2: cannot render: broken xref**"
         + SEP
-        + "<!-- ocrprune: page 3 status=repetition "
-        + "(no end-of-sequence; output may be truncated) -->"
+        + "> **ocrprune: page 3 status=repetition "
+        + "(no end-of-sequence; output may be truncated)**"
         + "\n\nloop loop"
         + SEP
-        + "<!-- ocrprune: page 4 status=timeout (generation hit the time limit; "
-        + "output may be truncated) -->"
+        + "> **ocrprune: page 4 status=timeout (generation hit the time limit; "
+        + "output may be truncated)**"
         + SEP
-        + "<!-- ocrprune: page 5 status=model_error: CUDA out of memory -->\n\npartial\n"
+        + "> **ocrprune: page 5 status=model_error: CUDA out of memory**\n\npartial\n"
     )
 
 
@@ -78,7 +78,7 @@ def test_markdown_of_a_document_that_failed_to_open_is_one_marker_line() -> None
     doc = DocResult("in/locked.pdf", "locked", error="password required", error_kind="encrypted")
 
     assert render_markdown(doc, page_separator=SEP, image_dir="x") == (
-        "<!-- ocrprune: document failed: encrypted: password required -->\n"
+        "> **ocrprune: document failed: encrypted: password required**\n"
     )
 
 
@@ -90,11 +90,11 @@ def test_markdown_keeps_empty_ok_pages_so_page_count_survives() -> None:
     assert render_markdown(doc, page_separator="\n---\n", image_dir="x") == "A\n---\n\n---\nC\n"
 
 
-def test_markdown_marker_cannot_close_the_comment_early() -> None:
+def test_markdown_marker_stays_on_one_visible_line() -> None:
     doc = _doc(PageResult(1, "model_error", error="bad --> thing\nsecond line"))
 
     assert render_markdown(doc, page_separator=SEP, image_dir="x") == (
-        "<!-- ocrprune: page 1 status=model_error: bad - -> thing second line -->\n"
+        "> **ocrprune: page 1 status=model_error: bad --> thing second line**\n"
     )
 
 

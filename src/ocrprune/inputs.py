@@ -8,9 +8,10 @@ Guarantees:
   whitespace is stripped and blank lines and lines starting with `#` are skipped.
 * The type comes from the bytes (`sniff_kind`), never from the extension.
 * A bad explicitly named input (missing, empty, not a document, a folder without documents) does
-  not stop the batch: it comes back as an `InputError` next to the good documents. Inside folders
-  and glob matches, files that are not documents, hidden entries (`.name`) and non-regular files
-  are skipped silently.
+  not stop the batch: it comes back as an `InputError` next to the good documents. Inside folders,
+  a file named like a document (`.pdf`, `.png`, `.jpg`, ...) that is not one is reported too; other
+  non-documents (`.md`, `.json`, ...), hidden entries (`.name`) and non-regular files are skipped
+  silently.
 * Each real file appears once (symlinks and repeated arguments collapse), in order of first
   appearance; a folder's files come in sorted order.
 * `Document.rel` is a safe output path without extension: it never contains `..`, never starts with
@@ -43,6 +44,13 @@ _SAFE_PUNCTUATION = frozenset(" ._()-+,@")
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {
     f"{p}{i}" for p in ("com", "lpt") for i in range(1, 10)
 }
+
+
+# Extensions that promise a document: a file inside a folder with one of these that does not sniff
+# as a document is reported, not skipped.
+DOCUMENT_SUFFIXES = frozenset(
+    {".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".jp2", ".jfif"}
+)
 
 
 @dataclass(frozen=True)
@@ -190,9 +198,16 @@ class _Expander:
                     os.path.join(display, *rel.parts), "unreadable", exc.strerror or str(exc)
                 )
                 continue
+            shown = os.path.join(display, *rel.parts)
             if kind is not None:
-                self.add(path, os.path.join(display, *rel.parts), kind, folder)
+                self.add(path, shown, kind, folder)
                 count += 1
+            elif rel.suffix.lower() in DOCUMENT_SUFFIXES:
+                # Named like a document but not one: say so rather than skip it silently.
+                if path.stat().st_size == 0:
+                    self.error(shown, "empty", "the file is empty (0 bytes)")
+                else:
+                    self.error(shown, "not_a_document", "not a PDF or a supported image (by content)")
         if count == 0 and explicit and not any(e.path == display for e in self.errors):
             what = f"documents matching {self.glob!r}" if self.glob else "PDF or image files"
             self.error(display, "empty", f"folder contains no {what}")

@@ -314,7 +314,8 @@ class _Run:
 
         from .runtime.loading import select_device, select_dtype
 
-        dtype_name = "bf16" if str(select_dtype(config.model.dtype, select_device(config.model.device))).endswith("bfloat16") else "fp32"
+        dtype = select_dtype(config.model.dtype, select_device(config.model.device))
+        dtype_name = "bf16" if str(dtype).endswith("bfloat16") else "fp32"
         revision = expected_revision(config)
         layout = None
         if self.emit is None:
@@ -342,8 +343,6 @@ class _Run:
         interrupted = False
         if pending and not self.stop:
             interrupted = self._convert(pending)
-        elif self.engine_factory is not None and self.run_info is None:
-            self.run_info = self._static_run_info(dtype_name, revision)
         if self.run_info is None:
             self.run_info = self._static_run_info(dtype_name, revision)
         # Documents that never finished (fail-fast or Ctrl-C) are not written and not counted as
@@ -449,6 +448,22 @@ def _json(report: dict[str, Any]) -> str:
     return json.dumps(report, ensure_ascii=False, indent=2) + "\n"
 
 
+def run_info_for(config: RunConfig, loaded: Any) -> RunInfo:
+    """What produced the outputs, for every JSON document and the report."""
+    return RunInfo(
+        model=loaded.model_id,
+        revision=loaded.revision,
+        mode=config.generation.mode,
+        keep=keep_label(config.prune.keep),
+        prune_method=config.prune.method,
+        prompt=config.generation.prompt,
+        device=str(loaded.device),
+        dtype="bf16" if str(loaded.dtype).endswith("bfloat16") else "fp32",
+        dummy_model=loaded.dummy,
+        version=__version__,
+    )
+
+
 def build_engine(config: RunConfig) -> tuple[PageEngine, RunInfo, int]:
     """Load the model (imports torch) and pick the batch size."""
     from .runtime.engine import Engine
@@ -461,18 +476,7 @@ def build_engine(config: RunConfig) -> tuple[PageEngine, RunInfo, int]:
     size = config.batch_size or auto_batch_size(
         loaded.device.type, config.generation.mode, engine.free_memory(), config.generation.max_new_tokens, loaded.dummy
     )
-    info = RunInfo(
-        model=loaded.model_id,
-        revision=loaded.revision,
-        mode=config.generation.mode,
-        keep=keep_label(config.prune.keep),
-        prune_method=config.prune.method,
-        prompt=config.generation.prompt,
-        device=str(loaded.device),
-        dtype="bf16" if str(loaded.dtype).endswith("bfloat16") else "fp32",
-        dummy_model=loaded.dummy,
-        version=__version__,
-    )
+    info = run_info_for(config, loaded)
     log.info(
         "model %s on %s (%s), mode %s, keep %s, batch size %d",
         loaded.model_id, info.device, info.dtype, info.mode, info.keep, size,

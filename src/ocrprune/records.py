@@ -131,6 +131,20 @@ class RunInfo:
     dummy_model: bool = False
     version: str = ""
 
+    def describe(self) -> dict[str, object]:
+        """The fields every JSON output repeats, in a fixed order (version apart)."""
+        return {
+            "model": self.model,
+            "revision": self.revision,
+            "mode": self.mode,
+            "keep": self.keep,
+            "prune_method": self.prune_method,
+            "prompt": self.prompt,
+            "device": self.device,
+            "dtype": self.dtype,
+            "dummy_model": self.dummy_model,
+        }
+
 
 @dataclass(frozen=True)
 class RunSummary:

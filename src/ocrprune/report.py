@@ -199,18 +199,7 @@ def render_summary(report: Mapping[str, Any], width: int = 100) -> str:
 
 
 def _run_fields(run: RunInfo) -> dict[str, Any]:
-    return {
-        "model": run.model,
-        "revision": run.revision,
-        "mode": run.mode,
-        "keep": run.keep,
-        "prune_method": run.prune_method,
-        "prompt": run.prompt,
-        "device": run.device,
-        "dtype": run.dtype,
-        "dummy_model": run.dummy_model,
-        "ocrprune_version": run.version or ocrprune.__version__,
-    }
+    return run.describe() | {"ocrprune_version": run.version or ocrprune.__version__}
 
 
 def _stage_stats(pages: Sequence[PageResult], stage: str) -> dict[str, float | None]:

@@ -348,7 +348,7 @@ def prune_image(
     n = visual.shape[0]
     ratio, setting, r_txt, r_sim = resolve_ratio(keep, visual, global_view, layout.global_grid)
     k = keep_count(n, ratio)
-    layout_total = int(newline.sum()) + 1
+    layout_total = layout.local_rows + layout.global_grid + 1  # NLs + SEP, no device sync
 
     if k >= n:  # nothing to prune: the block goes through untouched
         positions = torch.arange(layout.length, device=features.device)

@@ -67,19 +67,7 @@ def render_jsonl(doc: DocResult, run: RunInfo, *, image_dir: str | None = None) 
 
 def document_fields(doc: DocResult, run: RunInfo) -> dict[str, Any]:
     """The schema, source and run fields shared by the document and its JSON Lines records."""
-    fields: dict[str, Any] = {
-        "schema": DOCUMENT_SCHEMA,
-        "source": doc.source,
-        "model": run.model,
-        "revision": run.revision,
-        "mode": run.mode,
-        "keep": run.keep,
-        "prune_method": run.prune_method,
-        "prompt": run.prompt,
-        "device": run.device,
-        "dtype": run.dtype,
-        "dummy_model": run.dummy_model,
-    }
+    fields: dict[str, Any] = {"schema": DOCUMENT_SCHEMA, "source": doc.source} | run.describe()
     if run.dummy_model:
         fields["warning"] = DUMMY_WARNING
     fields |= {

@@ -4,7 +4,7 @@ Guarantees:
 
 * Every page appears, in order, joined by `page_separator`; an empty `ok` page is an empty string
   between two separators, so the page count can be read back from the file.
-* A page whose status is not `ok` starts with a one-line HTML comment naming the page and status
+* A page whose status is not `ok` starts with a visible one-line block quote naming the page and status
   (and the error for `render_error`/`model_error`), followed by whatever text the page has. A
   document that could not be opened renders as one such line. The markers are plain text in the
   file, so `grep 'ocrprune: page'` finds every incomplete page.
@@ -64,7 +64,7 @@ def resolve_image_links(markdown: str, image_dir: str) -> str:
 
 
 def status_marker(page: PageResult) -> str | None:
-    """The marker line of a non-`ok` page: `<!-- ocrprune: page 3 status=timeout (...) -->`."""
+    """The marker line of a non-`ok` page: `> **ocrprune: page 3 status=timeout (...)**`."""
     if page.status == "ok":
         return None
     head = f"page {page.page} status={page.status}"
@@ -75,8 +75,6 @@ def status_marker(page: PageResult) -> str | None:
 
 
 def _comment(text: str) -> str:
-    """An HTML comment on one line; `--` inside would end it early, so it is broken up."""
+    """A visible one-line block quote, so a reader of the rendered Markdown sees the gap."""
     flat = " ".join(text.split())
-    while "--" in flat:
-        flat = flat.replace("--", "- -")
-    return f"<!-- ocrprune: {flat} -->"
+    return f"> **ocrprune: {flat}**"

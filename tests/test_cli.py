@@ -284,3 +284,24 @@ def test_help_documents_the_exit_codes():
     for line in ("0    every page converted", "2    usage error", "3    finished, but some", "4    nothing succeeded",
                  "5    environment", "6    the output folder is not writable", "130  interrupted"):
         assert line in result.output
+
+
+def test_retry_failed_redoes_documents_with_failed_pages_only(docs, tmp_path):
+    out = tmp_path / "out"
+    short = ["--max-new-tokens", "2"]  # pages that cannot reach end-of-sequence end as `repetition`
+    runner = CliRunner()
+    base = ["convert", str(docs), "--out", str(out), *FAST[:-4], "--batch-size", "4"]
+    first = runner.invoke(app, base + short)
+    assert first.exit_code in (3, 4), first.output
+    again = runner.invoke(app, base + short)
+    assert "skipped 3 document(s)" in again.output  # failed pages alone do not force a redo
+    retried = runner.invoke(app, base + short + ["--retry-failed"])
+    assert "already converted" not in retried.output
+
+
+def test_json_logs_are_one_object_per_line(tmp_path):
+    (tmp_path / "x.pdf").write_bytes(b"")
+    result = convert(str(tmp_path / "x.pdf"), "--out", str(tmp_path / "out"), "--log-format", "json", "-q")
+    assert result.exit_code == 4
+    records = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert records and records[0]["level"] == "error" and records[0]["kind"] == "empty"

@@ -123,3 +123,9 @@ def test_tiny_model_output_is_not_degenerate(tiny_loaded):
     tokens = {t for o in outs for t in o.token_ids}
     assert len(tokens) > 5
     assert len({tuple(o.token_ids) for o in outs}) > 1
+
+
+def test_pages_still_generating_at_the_deadline_time_out(tiny_loaded):
+    outs = engine(tiny_loaded, "tiny", 1.0, tokens=400, page_timeout=1e-9).run(PAGES["tiny"])
+    assert [o.status for o in outs] == ["timeout", "timeout"]
+    assert all(1 <= o.tokens.generated < 400 for o in outs)

@@ -148,6 +148,7 @@ def convert(
         typer.Argument(
             help="PDFs, images, folders (recursive), quoted globs, @list.txt, or - for paths on stdin.",
             show_default=False,
+            metavar="INPUT",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors the input tree).")] = Path(

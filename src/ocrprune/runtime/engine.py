@@ -96,7 +96,7 @@ class Engine:
         budgets = [max(0, min(self.settings.max_new_tokens, limit - n)) for n in inputs.unpruned_lengths]
         if max(budgets) == 0:
             raise ValueError(f"prompt of {max(inputs.unpruned_lengths)} tokens leaves no room in {limit} positions")
-        first_step = FirstStepClock(self.clock.sync)
+        first_step = FirstStepClock(self.clock.mark)
         processors = LogitsProcessorList(
             [
                 first_step,
@@ -116,8 +116,7 @@ class Engine:
             use_cache=True,
         )
         pooled = BaseModelOutputWithPooling(pooler_output=[p.embeddings for p in pages])
-        self.clock.sync()
-        t_start = time.perf_counter()
+        start = self.clock.mark()
         out = loaded.model.generate(
             input_ids=inputs.input_ids,
             attention_mask=inputs.attention_mask,
@@ -127,11 +126,10 @@ class Engine:
             logits_processor=processors,
             stopping_criteria=criteria,
         )
-        self.clock.sync()
-        t_end = time.perf_counter()
-        first_at = first_step.first_at if first_step.first_at is not None else t_end
-        prefill_ms = (first_at - t_start) * 1000.0 / batch
-        decode_ms = (t_end - first_at) * 1000.0 / batch
+        end = self.clock.mark()
+        first = first_step.first if first_step.first is not None else end
+        prefill_ms = self.clock.elapsed_ms(start, first) / batch
+        decode_ms = self.clock.elapsed_ms(first, end) / batch
         timed_out = bool(deadline and deadline.fired)
         results = []
         for i, page in enumerate(pages):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
@@ -77,14 +78,14 @@ class Deadline(StoppingCriteria):
 
 
 class FirstStepClock(LogitsProcessor):
-    """Record when the first logits arrive: that is the end of prefill (after a device sync)."""
+    """Mark when the first logits arrive: the end of prefill. `mark` is the device clock's (a CUDA
+    event on a GPU, so taking it does not synchronise)."""
 
-    def __init__(self, sync: Callable[[], None]) -> None:
-        self.sync = sync
-        self.first_at: float | None = None
+    def __init__(self, mark: Callable[[], Any]) -> None:
+        self.mark = mark
+        self.first: Any = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.first_at is None:
-            self.sync()
-            self.first_at = time.perf_counter()
+        if self.first is None:
+            self.first = self.mark()
         return scores

@@ -33,6 +33,7 @@ from .postprocess import postprocess_page
 from .raster import DocDone, DocFailed, DocOpened, PageRendered, PageStream, RenderedPage
 from .records import DocResult, KeepInfo, PageResult, RunInfo, RunSummary, Timings
 from .report import build_report, exit_code_for, pages_csv, summarize
+from .resume import expected_revision, output_options
 from .writers import files
 from .writers.json import render_json, render_jsonl
 from .writers.markdown import render_markdown
@@ -98,36 +99,6 @@ class _DocState:
         if self.error is not None and not self.opened:
             return True
         return self.rendered_all and all(p in self.results for p in self.expected)
-
-
-def output_options(config: RunConfig, dtype: str) -> dict[str, Any]:
-    """The options that change a document's output: part of the resume manifest key."""
-    gen, prune, raster = config.generation, config.prune, config.raster
-    return {
-        "mode": gen.mode,
-        "prompt": gen.prompt,
-        "max_new_tokens": gen.max_new_tokens,
-        "ngram": [gen.ngram_size, gen.ngram_window],
-        "keep": keep_label(prune.keep),
-        "prune_method": prune.method,
-        "seed": prune.seed if prune.method == "random" else None,
-        "dpi": raster.dpi,
-        "max_pixels": raster.max_pixels,
-        "pages": [list(r) for r in raster.pages],
-        "formats": sorted(config.formats),
-        "page_separator": config.page_separator,
-        "dtype": dtype,
-        "model_seed": config.model.seed if config.model.is_tiny_random else None,
-    }
-
-
-def expected_revision(config: RunConfig) -> str | None:
-    """The revision a hub id resolves to without loading it (pinned default or --revision)."""
-    from .config import DEFAULT_MODEL, DEFAULT_REVISION
-
-    if config.model.revision:
-        return config.model.revision
-    return DEFAULT_REVISION if config.model.model == DEFAULT_MODEL else None
 
 
 def _peak_rss_mb() -> float:

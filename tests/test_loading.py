@@ -98,7 +98,9 @@ def test_real_tokenizer_gives_the_official_ids_for_the_default_prompt():
 def test_offline_without_cache_gives_one_actionable_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     with pytest.raises(ModelLoadError) as info:
         load_model(ModelConfig(model="deepseek-ai/DeepSeek-OCR", device="cpu"))
     message = str(info.value)
@@ -127,3 +129,21 @@ def test_cli_help_does_not_import_torch():
         "assert 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_hub_id_loads_from_the_local_cache_when_offline(tiny_checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    from ocrprune.config import DEFAULT_MODEL, DEFAULT_REVISION
+
+    folder, original = tiny_checkpoint
+    snapshot = tmp_path / "hub" / "models--deepseek-ai--DeepSeek-OCR" / "snapshots" / DEFAULT_REVISION
+    shutil.copytree(folder, snapshot)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    # The hub library reads its cache location once, at import; point it at our cache.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    loaded = load_model(ModelConfig(model=DEFAULT_MODEL, device="cpu"))
+    assert loaded.revision == DEFAULT_REVISION and loaded.dummy is False
+    assert torch.equal(loaded.model.lm_head.weight, original.lm_head.weight)

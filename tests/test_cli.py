@@ -305,3 +305,21 @@ def test_json_logs_are_one_object_per_line(tmp_path):
     assert result.exit_code == 4
     records = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     assert records and records[0]["level"] == "error" and records[0]["kind"] == "empty"
+
+
+def test_sweep_command_compares_keeps_and_writes_its_report(tmp_path):
+    draw_page((300, 400), seed=4).save(tmp_path / "page.png")
+    out = tmp_path / "sweep"
+    args = ["sweep", str(tmp_path / "page.png"), "--out", str(out), "--keep", "1,0.4", *FAST]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "sweep.json").read_text())
+    assert [row["keep"] for row in report["settings"]] == ["1", "0.4"]
+    assert report["settings"][0]["fidelity"] == 1.0 and report["settings"][0]["exact_match"] == 1.0
+    assert report["settings"][1]["visual_kept"] == 25  # floor(64 * 0.4)
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_rejects_bad_keep_lists():
+    result = CliRunner().invoke(app, ["sweep", "x.pdf", "--keep", "1,2"])
+    assert result.exit_code == 2

@@ -141,6 +141,24 @@ def _root(
     """Batch OCR with DeepSeek-OCR and RTPrune visual-token pruning."""
 
 
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "prune_method": ("rtprune", "norm", "random"),
+    "mode": tuple(MODES),
+    "device": ("auto", "cuda", "cpu"),
+    "dtype": ("auto", "bf16", "fp32"),
+    "log_format": ("text", "json"),
+}
+
+
+def _check_choices(**values: str) -> None:
+    """Usage errors (exit 2) for flags with a fixed set of values."""
+    for name, value in values.items():
+        allowed = _CHOICES[name]
+        if value not in allowed:
+            flag = "--" + name.replace("_", "-")
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=flag)
+
+
 @app.command(epilog=EXIT_CODES_HELP)
 def convert(
     inputs: Annotated[
@@ -204,16 +222,7 @@ def convert(
     log_format: Annotated[str, typer.Option(help="text or json (one object per line on stderr).")] = "text",
 ) -> None:
     """Convert documents to Markdown and JSON, with a per-page timing and token report."""
-    choices = {
-        "--prune-method": (prune_method, ("rtprune", "norm", "random")),
-        "--mode": (mode, tuple(MODES)),
-        "--device": (device, ("auto", "cuda", "cpu")),
-        "--dtype": (dtype, ("auto", "bf16", "fp32")),
-        "--log-format": (log_format, ("text", "json")),
-    }
-    for flag, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=flag)
+    _check_choices(prune_method=prune_method, mode=mode, device=device, dtype=dtype, log_format=log_format)
     setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
     config = RunConfig(
         inputs=tuple(inputs),
@@ -266,6 +275,90 @@ def _run_convert(config: RunConfig, quiet: bool, verbose: bool) -> int:
         if not config.stdout:
             sys.stderr.write(f"outputs in {config.out}/ (report.json, pages.csv)\n")
     return int(outcome.exit_code)
+
+
+def _keeps_callback(value: str) -> str:
+    from .sweep import parse_keeps
+
+    try:
+        parse_keeps(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def sweep(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Documents to measure (same forms as for convert).", show_default=False, metavar="INPUT"),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for sweep.json and sweep.png.")] = Path(
+        "ocrprune-sweep"
+    ),
+    keep: Annotated[
+        str, typer.Option(help="Comma-separated keep settings to compare with the unpruned run.", callback=_keeps_callback)
+    ] = "1,0.8,0.6,0.4,auto",
+    threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fidelity the recommended keep must reach (1 - edit distance).")
+    ] = 0.98,
+    prune_method: Annotated[str, typer.Option(help="rtprune, norm or random.")] = "rtprune",
+    mode: Annotated[str, typer.Option(help="Resolution mode: " + ", ".join(MODES) + ".")] = "gundam",
+    prompt: Annotated[
+        str,
+        typer.Option(help="Preset (" + ", ".join(PROMPTS) + ") or custom text containing <image>.", callback=_prompt_callback),
+    ] = "markdown",
+    model: Annotated[str, typer.Option(help="Hub id, a local folder, or tiny-random.")] = DEFAULT_MODEL,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, bf16 or fp32.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Pages per batch.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=8192, help="Token limit per page.")] = 8192,
+    dpi: Annotated[int, typer.Option(min=18, max=1200, help="PDF rendering resolution.")] = 144,
+    pages: Annotated[Optional[str], typer.Option(help="Page ranges, 1-based: 1-3,7.", callback=_pages_callback)] = None,
+    password: Annotated[Optional[str], typer.Option(help="Password for encrypted PDFs.")] = None,
+    glob: Annotated[Optional[str], typer.Option(help="Filter for files found in folders.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for --prune-method random and tiny-random.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False,
+    log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+) -> None:
+    """Run documents unpruned and at each keep setting; report speedup and fidelity, and recommend a keep."""
+    from .sweep import SweepConfig, parse_keeps, render_sweep_table, run_sweep
+
+    _check_choices(prune_method=prune_method, mode=mode, device=device, dtype=dtype, log_format=log_format)
+    setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
+    config = SweepConfig(
+        inputs=tuple(inputs),
+        out=out,
+        keeps=parse_keeps(keep),
+        threshold=threshold,
+        model=ModelConfig(model=model, revision=revision, device=device, dtype=dtype, seed=seed),  # type: ignore[arg-type]
+        generation=GenerationSettings(mode=mode, prompt=resolve_prompt(prompt), max_new_tokens=max_new_tokens),
+        raster=RasterConfig(dpi=dpi, password=password, pages=parse_pages(pages)),
+        method=prune_method,  # type: ignore[arg-type]
+        seed=seed,
+        batch_size=batch_size,
+        glob=glob,
+    )
+    progress = ProgressView(enabled=not quiet)
+    try:
+        report = run_sweep(config, progress=progress)
+    except OcrpruneError as exc:
+        progress.close()
+        log.error("%s", exc)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        progress.close()
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except Exception:  # noqa: BLE001 - a bug: traceback, exit 1
+        progress.close()
+        log.error("internal error (this is a bug; please report it)", exc_info=True)
+        raise typer.Exit(int(ExitCode.INTERNAL)) from None
+    progress.close()
+    if not quiet:
+        sys.stderr.write(render_sweep_table(report))
+    raise typer.Exit(int(report.exit_code))
 
 
 def main() -> None:

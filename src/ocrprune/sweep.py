@@ -30,7 +30,6 @@ from . import __version__
 from .config import GenerationSettings, ModelConfig, PruneConfig, RasterConfig, keep_label, parse_keep
 from .errors import ExitCode, InputError
 from .inputs import expand_inputs
-from .raster import DocFailed, DocOpened, PageRendered, PageStream
 from .writers.files import atomic_write, check_writable
 
 if TYPE_CHECKING:
@@ -251,12 +250,21 @@ def run_sweep(
     progress: ProgressSink | None = None,
     engine_factory: Callable[[], Engine] | None = None,
 ) -> SweepReport:
-    """Render, encode once, decode per setting, compare, write `sweep.json` and `sweep.png`."""
+    """Render, encode once, decode per setting, compare, write `sweep.json` and `sweep.png`.
+
+    Raises `OcrpruneError`s for run-level problems (output not writable, model will not load);
+    `report.exit_code` tells how the pages went.
+    """
+    from .raster import DocFailed, DocOpened, PageRendered, PageStream
+
     check_writable(config.out)
     docs, problems = expand_inputs(list(config.inputs), glob=config.glob)
     skipped = [SkippedPage(p.path, p.page, f"{p.kind}: {p.detail}") for p in problems]
     if progress is not None:
         progress.start(len(docs) + len(problems))
+    if not docs:  # nothing to compare: do not load a model for it
+        report = build_report([], config.labels, config.threshold, skipped, _run_info(None, config))
+        return _write(report, config.out)
     engine = engine_factory() if engine_factory is not None else _build_engine(config)
     records: list[dict[str, Any]] = []
     batch: list[_Page] = []
@@ -298,9 +306,13 @@ def run_sweep(
         if progress is not None:
             progress.close()
     report = build_report(records, config.labels, config.threshold, skipped, _run_info(engine, config))
-    atomic_write(config.out / "sweep.json", report.to_json())
-    atomic_write(config.out / "sweep.png", render_sweep_png(report))
-    return replace(report, out=config.out)
+    return _write(report, config.out)
+
+
+def _write(report: SweepReport, out: Path) -> SweepReport:
+    atomic_write(out / "sweep.json", report.to_json())
+    atomic_write(out / "sweep.png", render_sweep_png(report))
+    return replace(report, out=out)
 
 
 def _build_engine(config: SweepConfig) -> Engine:
@@ -313,14 +325,14 @@ def _build_engine(config: SweepConfig) -> Engine:
     return Engine(loaded, config.generation, PruneConfig(keep=1.0, method=config.method, seed=config.seed))
 
 
-def _run_info(engine: Engine, config: SweepConfig) -> dict[str, Any]:
-    loaded = engine.loaded
+def _run_info(engine: Engine | None, config: SweepConfig) -> dict[str, Any]:
+    loaded = engine.loaded if engine is not None else None
     return {
-        "model": loaded.model_id,
-        "revision": loaded.revision,
-        "dummy_model": loaded.dummy,
-        "device": str(loaded.device),
-        "dtype": "bf16" if str(loaded.dtype).endswith("bfloat16") else "fp32",
+        "model": loaded.model_id if loaded else config.model.model,
+        "revision": loaded.revision if loaded else config.model.revision,
+        "dummy_model": loaded.dummy if loaded else config.model.is_tiny_random,
+        "device": str(loaded.device) if loaded else config.model.device,
+        "dtype": ("bf16" if str(loaded.dtype).endswith("bfloat16") else "fp32") if loaded else config.model.dtype,
         "mode": config.generation.mode,
         "prompt": config.generation.prompt,
         "max_new_tokens": config.generation.max_new_tokens,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
 from docgen import make_pdf
+
 from ocrprune.config import GenerationSettings, PruneConfig, RasterConfig
 from ocrprune.errors import ExitCode
 from ocrprune.sweep import (
@@ -47,7 +49,9 @@ def _dp_levenshtein(a: str, b: str) -> int:
         ("<td>é</td>", "<td>e</td>", 1 / 10),
     ],
 )
-def test_normalized_edit_distance_matches_hand_computed_pairs(a: str, b: str, expected: float) -> None:
+def test_normalized_edit_distance_matches_hand_computed_pairs(
+    a: str, b: str, expected: float
+) -> None:
     assert normalized_edit_distance(a, b) == pytest.approx(expected, abs=1e-12)
 
 
@@ -68,10 +72,23 @@ def test_parse_keeps_reads_numbers_and_auto_and_drops_duplicates() -> None:
 
 def _row(keep: str, kept_share: float, fidelity: float, pages: int = 10) -> SettingRow:
     return SettingRow(
-        keep=keep, pages=pages, failed=0, not_ok=0, visual_total=1000, visual_kept=int(1000 * kept_share),
-        kept_share=kept_share, mean_ratio=kept_share, prompt_tokens=0, prompt_tokens_unpruned=0,
-        generated_tokens=0, prefill_ms=1.0, total_ms=1.0, prefill_speedup=1.0, total_speedup=1.0,
-        fidelity=fidelity, exact_match=0.0,
+        keep=keep,
+        pages=pages,
+        failed=0,
+        not_ok=0,
+        visual_total=1000,
+        visual_kept=int(1000 * kept_share),
+        kept_share=kept_share,
+        mean_ratio=kept_share,
+        prompt_tokens=0,
+        prompt_tokens_unpruned=0,
+        generated_tokens=0,
+        prefill_ms=1.0,
+        total_ms=1.0,
+        prefill_speedup=1.0,
+        total_speedup=1.0,
+        fidelity=fidelity,
+        exact_match=0.0,
     )
 
 
@@ -88,7 +105,9 @@ ROWS = [
     ("threshold", "expected"),
     [(0.98, "0.6"), (0.981, "0.6"), (0.985, "auto"), (0.995, "0.8"), (0.999, "1"), (0.9, "0.4")],
 )
-def test_recommend_picks_the_fewest_tokens_whose_fidelity_reaches_the_threshold(threshold: float, expected: str) -> None:
+def test_recommend_picks_the_fewest_tokens_whose_fidelity_reaches_the_threshold(
+    threshold: float, expected: str
+) -> None:
     assert recommend(ROWS, threshold) == expected
 
 
@@ -97,12 +116,40 @@ def test_recommend_returns_none_when_no_setting_qualifies_and_ignores_rows_witho
     assert recommend([], 0.98) is None
 
 
+def test_importing_the_sweep_module_loads_neither_torch_nor_pymupdf() -> None:
+    code = "import sys, ocrprune.sweep; print(sorted({'torch', 'transformers', 'pymupdf'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_sweep_with_no_usable_input_writes_the_failures_without_loading_a_model(
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "empty.pdf"
+    empty.write_bytes(b"")
+
+    def no_model():
+        raise AssertionError("the model must not load when there is nothing to compare")
+
+    report = run_sweep(_config(tmp_path, (str(empty),)), engine_factory=no_model)
+    assert report.exit_code == ExitCode.NOTHING_SUCCEEDED
+    assert report.rows == () and report.recommended is None
+    assert [(s.source, s.reason.split(":")[0]) for s in report.skipped] == [(str(empty), "empty")]
+    data = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert data["pages_compared"] == 0 and data["skipped"][0]["reason"].startswith("empty")
+    assert "recommended: none" in render_sweep_table(report)
+
+
 def test_sweep_config_rejects_bad_values(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="threshold"):
         SweepConfig(inputs=("x",), out=tmp_path, threshold=1.5)
     with pytest.raises(ValueError):
         SweepConfig(inputs=("x",), out=tmp_path, keeps=(0.0,))
-    assert SweepConfig(inputs=("x",), out=tmp_path, keeps=(0.4, "auto")).labels == ["1", "0.4", "auto"]
+    assert SweepConfig(inputs=("x",), out=tmp_path, keeps=(0.4, "auto")).labels == [
+        "1",
+        "0.4",
+        "auto",
+    ]
 
 
 # ---- a real run on the tiny model -----------------------------------------------------------------
@@ -149,7 +196,13 @@ def test_sweep_of_two_pages_compares_each_setting_against_the_unpruned_reference
     assert counted_encoder["n"] == 2  # once per page, not once per page and setting
     assert [r.keep for r in report.rows] == ["1", "0.4"]
     ref, pruned = report.rows
-    assert (ref.pages, ref.fidelity, ref.exact_match, ref.prefill_speedup, ref.kept_share) == (2, 1.0, 1.0, 1.0, 1.0)
+    assert (ref.pages, ref.fidelity, ref.exact_match, ref.prefill_speedup, ref.kept_share) == (
+        2,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    )
     # Tiny mode: an 8 x 8 grid, N = 64 visual tokens per page, K = floor(64 * 0.4) = 25.
     assert (pruned.visual_total, pruned.visual_kept) == (128, 50)
     assert pruned.prompt_tokens < ref.prompt_tokens
@@ -174,7 +227,9 @@ def test_sweep_of_two_pages_compares_each_setting_against_the_unpruned_reference
 
 def test_sweep_batches_encode_once_per_batch(tmp_path: Path, tiny_loaded, counted_encoder) -> None:
     pdf = make_pdf(tmp_path / "doc.pdf", pages=2)
-    report = run_sweep(_config(tmp_path, (str(pdf),), batch_size=2), engine_factory=_factory(tiny_loaded))
+    report = run_sweep(
+        _config(tmp_path, (str(pdf),), batch_size=2), engine_factory=_factory(tiny_loaded)
+    )
     assert counted_encoder["n"] == 1
     assert report.pages_compared == 2
 
@@ -198,7 +253,9 @@ def test_sweep_counts_failed_pages_instead_of_dropping_them(tmp_path: Path, tiny
     report = run_sweep(_config(tmp_path, (str(pdf), str(broken))), engine_factory=lambda: engine)
 
     assert report.pages_compared == 2
-    assert [(s.source, s.reason.split(":")[0]) for s in report.skipped] == [(str(broken), "corrupt")]
+    assert [(s.source, s.reason.split(":")[0]) for s in report.skipped] == [
+        (str(broken), "corrupt")
+    ]
     ref, pruned = report.rows
     assert (ref.failed, pruned.failed, pruned.pages) == (0, 1, 2)
     assert pruned.fidelity <= 0.5 and pruned.exact_match <= 0.5

@@ -27,8 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import __version__
-from .config import GenerationSettings, ModelConfig, PruneConfig, RasterConfig, keep_label, parse_keep
-from .errors import ExitCode, InputError
+from .config import (
+    GenerationSettings,
+    ModelConfig,
+    PruneConfig,
+    RasterConfig,
+    keep_label,
+    parse_keep,
+)
+from .errors import ExitCode
 from .inputs import expand_inputs
 from .writers.files import atomic_write, check_writable
 
@@ -289,7 +296,9 @@ def run_sweep(
                     waiting.get(event.index, set()).discard(page.page)
                     if page.image is None:
                         reason = str(page.error) if page.error is not None else "no image"
-                        skipped.append(SkippedPage(event.doc.display, page.page, f"render_error: {reason}"))
+                        skipped.append(
+                            SkippedPage(event.doc.display, page.page, f"render_error: {reason}")
+                        )
                         if progress is not None:
                             progress.pages_finished(1)
                         continue
@@ -305,7 +314,9 @@ def run_sweep(
     finally:
         if progress is not None:
             progress.close()
-    report = build_report(records, config.labels, config.threshold, skipped, _run_info(engine, config))
+    report = build_report(
+        records, config.labels, config.threshold, skipped, _run_info(engine, config)
+    )
     return _write(report, config.out)
 
 
@@ -321,8 +332,12 @@ def _build_engine(config: SweepConfig) -> Engine:
 
     loaded = load_model(config.model)
     if loaded.dummy:
-        log.warning("using the tiny-random model: its text is meaningless (for tests and demos only)")
-    return Engine(loaded, config.generation, PruneConfig(keep=1.0, method=config.method, seed=config.seed))
+        log.warning(
+            "using the tiny-random model: its text is meaningless (for tests and demos only)"
+        )
+    return Engine(
+        loaded, config.generation, PruneConfig(keep=1.0, method=config.method, seed=config.seed)
+    )
 
 
 def _run_info(engine: Engine | None, config: SweepConfig) -> dict[str, Any]:
@@ -332,7 +347,9 @@ def _run_info(engine: Engine | None, config: SweepConfig) -> dict[str, Any]:
         "revision": loaded.revision if loaded else config.model.revision,
         "dummy_model": loaded.dummy if loaded else config.model.is_tiny_random,
         "device": str(loaded.device) if loaded else config.model.device,
-        "dtype": ("bf16" if str(loaded.dtype).endswith("bfloat16") else "fp32") if loaded else config.model.dtype,
+        "dtype": ("bf16" if str(loaded.dtype).endswith("bfloat16") else "fp32")
+        if loaded
+        else config.model.dtype,
         "mode": config.generation.mode,
         "prompt": config.generation.prompt,
         "max_new_tokens": config.generation.max_new_tokens,
@@ -348,23 +365,34 @@ def _compare_batch(
     """Encode once; reference decode; one decode per other setting. Failures become records."""
     try:
         encoded = engine.encode([p.image for p in pages])
-        reference = engine.decode(encoded, prune=PruneConfig(keep=1.0, method=config.method, seed=config.seed))
+        reference = engine.decode(
+            encoded, prune=PruneConfig(keep=1.0, method=config.method, seed=config.seed)
+        )
     except Exception as exc:  # noqa: BLE001 - the per-page boundary: record and go on
         _recover(engine)
         if len(pages) > 1:
             return [r for p in pages for r in _compare_batch(engine, [p], config, skipped)]
-        skipped.append(SkippedPage(pages[0].source, pages[0].page, f"model_error: {type(exc).__name__}: {exc}"))
+        skipped.append(
+            SkippedPage(pages[0].source, pages[0].page, f"model_error: {type(exc).__name__}: {exc}")
+        )
         return []
     records = [_record(p, "1", ref, ref) for p, ref in zip(pages, reference)]
     for keep in config.keeps:
         label = keep_label(keep)
         if label == "1" or label in records[0]["settings"]:
             continue
-        outputs = _decode_each(engine, encoded, PruneConfig(keep=keep, method=config.method, seed=config.seed))
+        outputs = _decode_each(
+            engine, encoded, PruneConfig(keep=keep, method=config.method, seed=config.seed)
+        )
         for record, page, ref, out in zip(records, pages, reference, outputs):
             if isinstance(out, Exception):
                 log.warning("%s page %d: keep %s failed: %s", page.source, page.page, label, out)
-                record["settings"][label] = {"status": "model_error", "error": str(out), "ned": 1.0, "exact": False}
+                record["settings"][label] = {
+                    "status": "model_error",
+                    "error": str(out),
+                    "ned": 1.0,
+                    "exact": False,
+                }
             else:
                 record["settings"][label] = _record(page, label, out, ref)["settings"][label]
     return records
@@ -378,7 +406,10 @@ def _decode_each(engine: Engine, encoded: EncodedBatch, prune: PruneConfig) -> l
         _recover(engine)
         if len(encoded.features) == 1:
             return [exc]
-        return [_decode_each(engine, _one_page(encoded, i), prune)[0] for i in range(len(encoded.features))]
+        return [
+            _decode_each(engine, _one_page(encoded, i), prune)[0]
+            for i in range(len(encoded.features))
+        ]
 
 
 def _one_page(encoded: EncodedBatch, i: int) -> EncodedBatch:
@@ -395,7 +426,9 @@ def _one_page(encoded: EncodedBatch, i: int) -> EncodedBatch:
         patches_grid=vision.patches_grid[i : i + 1],
         geometry=vision.geometry[i : i + 1],
     )
-    return EncodedBatch(alone, [encoded.features[i]], encoded.preprocess_ms / count, encoded.encode_ms / count)
+    return EncodedBatch(
+        alone, [encoded.features[i]], encoded.preprocess_ms / count, encoded.encode_ms / count
+    )
 
 
 def _recover(engine: Engine) -> None:
@@ -489,9 +522,11 @@ def render_sweep_table(report: SweepReport) -> str:
     """The table the CLI prints on stderr."""
     info = report.info
     lines = [
-        f"sweep: {report.pages_compared} page(s) compared, {len(report.skipped)} skipped; model "
-        f"{info.get('model')} on {info.get('device')} ({info.get('dtype')}), mode {info.get('mode')}, "
-        f"method {info.get('method')}",
+        (
+            f"sweep: {report.pages_compared} page(s) compared, {len(report.skipped)} skipped; model "
+            f"{info.get('model')} on {info.get('device')} ({info.get('dtype')}), mode {info.get('mode')}, "
+            f"method {info.get('method')}"
+        ),
     ]
     if info.get("dummy_model"):
         lines.append("warning: tiny-random model: its text is meaningless, so are these fidelities")
@@ -522,32 +557,32 @@ def render_sweep_png(report: SweepReport, size: tuple[int, int] = (800, 520)) ->
     from PIL import Image, ImageDraw
 
     width, height = size
-    left, right, top, bottom = 70, 30, 40, 60
+    left, right, top, bottom = 70, 60, 40, 60
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     rows = report.rows
-    xs = [r.fidelity for r in rows] + [report.threshold]
-    ys = [v for r in rows for v in (r.prefill_speedup, r.total_speedup)] + [1.0]
-    x0, x1 = _span(min(xs), max(xs))
-    y0, y1 = _span(min(ys + [0.0]), max(ys))
+    xs = _ticks(min([r.fidelity for r in rows] + [report.threshold]), 1.0)
+    ys = _ticks(0.0, max([v for r in rows for v in (r.prefill_speedup, r.total_speedup)] + [1.0]))
+    x0, x1, y0, y1 = xs[0], xs[-1], ys[0], ys[-1]
 
     def at(x: float, y: float) -> tuple[float, float]:
         px = left + (x - x0) / (x1 - x0) * (width - left - right)
         py = height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
         return px, py
 
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    for i in range(6):
-        x, y = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
+    for x in xs:
         px, _ = at(x, y0)
+        draw.text((px - 12, height - bottom + 6), f"{x:g}", fill="black")
+    for y in ys:
         _, py = at(x0, y)
-        draw.text((px - 14, height - bottom + 6), f"{x:.3f}", fill="black")
-        draw.text((left - 44, py - 6), f"{y:.2f}x", fill="black")
+        draw.line([left, py, width - right, py], fill="#e5e5e5")
+        draw.text((left - 40, py - 6), f"{y:g}x", fill="black")
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
     tx, _ = at(report.threshold, y0)
     for yy in range(top, height - bottom, 8):
         draw.line([tx, yy, tx, yy + 4], fill="gray")
-    draw.text((tx + 4, top + 4), f"threshold {report.threshold:g}", fill="gray")
-    for name, color, value in (("prefill", "royalblue", "prefill_speedup"), ("total", "darkorange", "total_speedup")):
+    draw.text((tx - 95, top + 4), f"threshold {report.threshold:g}", fill="gray")
+    for color, value in (("royalblue", "prefill_speedup"), ("darkorange", "total_speedup")):
         points = sorted((r.fidelity, getattr(r, value), r.keep) for r in rows)
         if len(points) > 1:
             draw.line([at(x, y) for x, y, _ in points], fill=color, width=2)
@@ -555,19 +590,33 @@ def render_sweep_png(report: SweepReport, size: tuple[int, int] = (800, 520)) ->
             px, py = at(x, y)
             draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=color)
             draw.text((px + 6, py - 12), label, fill=color)
-    draw.text((left, 12), f"speedup vs fidelity, mode {report.info.get('mode')} (blue: prefill, orange: total)", fill="black")
-    draw.text((width // 2 - 120, height - 24), "fidelity (1 - mean normalized edit distance)", fill="black")
+    draw.text(
+        (left, 12),
+        f"speedup vs fidelity, mode {report.info.get('mode')} (blue: prefill, orange: total)",
+        fill="black",
+    )
+    draw.text(
+        (width // 2 - 120, height - 24),
+        "fidelity (1 - mean normalized edit distance)",
+        fill="black",
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def _span(low: float, high: float) -> tuple[float, float]:
-    """A padded, non-empty axis range around [low, high]."""
-    if not math.isfinite(low) or not math.isfinite(high):
-        return 0.0, 1.0
-    pad = (high - low) * 0.08 or max(abs(high) * 0.05, 0.01)
-    return low - pad, high + pad
+def _ticks(low: float, high: float, count: int = 6) -> list[float]:
+    """Round axis ticks covering [low, high] (at least two)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        low, high = 0.0, 1.0
+    if high <= low:
+        low, high = low - 0.05, high + 0.05
+    raw = (high - low) / (count - 1)
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(f for f in (1, 2, 2.5, 5, 10) if raw <= f * step)
+    first = math.floor(low / step + 1e-9) * step
+    ticks = [round(first + i * step, 10) for i in range(count + 2)]
+    return [t for t in ticks if t <= high + step * (1 - 1e-9)][: count + 1]
 
 
 __all__ = [

@@ -103,6 +103,31 @@ def _formats_callback(value: str) -> str:
     return value
 
 
+
+# Options shared by `convert` and `sweep`, declared once.
+PruneMethodOpt = Annotated[
+    str, typer.Option(help="rtprune (norm + OT merge), norm (stage 1 only) or random (same budget).")
+]
+ModeOpt = Annotated[str, typer.Option(help="Resolution mode: " + ", ".join(MODES) + ".")]
+PromptOpt = Annotated[
+    str,
+    typer.Option(help="Preset (" + ", ".join(PROMPTS) + ") or custom text containing <image>.", callback=_prompt_callback),
+]
+ModelOpt = Annotated[str, typer.Option(help="Hub id, a local folder in the official layout, or tiny-random.")]
+RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision (defaults to a pinned commit).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cuda or cpu.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32.")]
+MaxNewTokensOpt = Annotated[int, typer.Option(min=1, max=8192, help="Token limit per page.")]
+DpiOpt = Annotated[int, typer.Option(min=18, max=1200, help="PDF rendering resolution.")]
+PagesOpt = Annotated[Optional[str], typer.Option(help="Page ranges, 1-based: 1-3,7.", callback=_pages_callback)]
+PasswordOpt = Annotated[Optional[str], typer.Option(help="Password for encrypted PDFs.")]
+GlobOpt = Annotated[Optional[str], typer.Option(help="Filter for files found in folders, e.g. '*.pdf'.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for --prune-method random and the tiny-random model.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
+LogFormatOpt = Annotated[str, typer.Option(help="text or json (one object per line on stderr).")]
+
+
 @contextlib.contextmanager
 def protected_stdout() -> Iterator[Callable[[str], None]]:
     """Reserve stdout for data: anything else printing to fd 1 (Python or C code) goes to stderr."""
@@ -179,33 +204,24 @@ def convert(
             callback=_keep_callback,
         ),
     ] = "auto",
-    prune_method: Annotated[
-        str, typer.Option(help="rtprune (norm + OT merge), norm (stage 1 only) or random (same budget).")
-    ] = "rtprune",
-    mode: Annotated[str, typer.Option(help="Resolution mode: " + ", ".join(MODES) + ".")] = "gundam",
-    prompt: Annotated[
-        str,
-        typer.Option(help="Preset (" + ", ".join(PROMPTS) + ") or custom text containing <image>.", callback=_prompt_callback),
-    ] = "markdown",
-    model: Annotated[
-        str, typer.Option(help="Hub id, a local folder in the official layout, or tiny-random.")
-    ] = DEFAULT_MODEL,
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision (defaults to a pinned commit).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32.")] = "auto",
+    prune_method: PruneMethodOpt = "rtprune",
+    mode: ModeOpt = "gundam",
+    prompt: PromptOpt = "markdown",
+    model: ModelOpt = DEFAULT_MODEL,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     batch_size: Annotated[
         Optional[int], typer.Option(min=1, help="Pages per GPU batch (default: from free memory and mode).")
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, max=8192, help="Token limit per page.")] = 8192,
+    max_new_tokens: MaxNewTokensOpt = 8192,
     page_timeout: Annotated[
         Optional[float], typer.Option(min=0.1, help="Seconds of generation per batch before pages time out.")
     ] = None,
-    dpi: Annotated[int, typer.Option(min=18, max=1200, help="PDF rendering resolution.")] = 144,
-    pages: Annotated[
-        Optional[str], typer.Option(help="Page ranges, 1-based: 1-3,7.", callback=_pages_callback)
-    ] = None,
-    password: Annotated[Optional[str], typer.Option(help="Password for encrypted PDFs.")] = None,
-    glob: Annotated[Optional[str], typer.Option(help="Filter for files found in folders, e.g. '*.pdf'.")] = None,
+    dpi: DpiOpt = 144,
+    pages: PagesOpt = None,
+    password: PasswordOpt = None,
+    glob: GlobOpt = None,
     format: Annotated[str, typer.Option("--format", help="md, json or md,json.", callback=_formats_callback)] = "md,json",
     page_separator: Annotated[
         str, typer.Option(help="Text between pages in Markdown.")
@@ -216,10 +232,10 @@ def convert(
     force: Annotated[bool, typer.Option(help="Redo documents already converted with the same options.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Redo documents that had failed pages.")] = False,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failure.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for --prune-method random and the tiny-random model.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False,
-    log_format: Annotated[str, typer.Option(help="text or json (one object per line on stderr).")] = "text",
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Convert documents to Markdown and JSON, with a per-page timing and token report."""
     _check_choices(prune_method=prune_method, mode=mode, device=device, dtype=dtype, log_format=log_format)
@@ -302,26 +318,23 @@ def sweep(
     threshold: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Fidelity the recommended keep must reach (1 - edit distance).")
     ] = 0.98,
-    prune_method: Annotated[str, typer.Option(help="rtprune, norm or random.")] = "rtprune",
-    mode: Annotated[str, typer.Option(help="Resolution mode: " + ", ".join(MODES) + ".")] = "gundam",
-    prompt: Annotated[
-        str,
-        typer.Option(help="Preset (" + ", ".join(PROMPTS) + ") or custom text containing <image>.", callback=_prompt_callback),
-    ] = "markdown",
-    model: Annotated[str, typer.Option(help="Hub id, a local folder, or tiny-random.")] = DEFAULT_MODEL,
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, bf16 or fp32.")] = "auto",
+    prune_method: PruneMethodOpt = "rtprune",
+    mode: ModeOpt = "gundam",
+    prompt: PromptOpt = "markdown",
+    model: ModelOpt = DEFAULT_MODEL,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Pages per batch.")] = 1,
-    max_new_tokens: Annotated[int, typer.Option(min=1, max=8192, help="Token limit per page.")] = 8192,
-    dpi: Annotated[int, typer.Option(min=18, max=1200, help="PDF rendering resolution.")] = 144,
-    pages: Annotated[Optional[str], typer.Option(help="Page ranges, 1-based: 1-3,7.", callback=_pages_callback)] = None,
-    password: Annotated[Optional[str], typer.Option(help="Password for encrypted PDFs.")] = None,
-    glob: Annotated[Optional[str], typer.Option(help="Filter for files found in folders.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for --prune-method random and tiny-random.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False,
-    log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+    max_new_tokens: MaxNewTokensOpt = 8192,
+    dpi: DpiOpt = 144,
+    pages: PagesOpt = None,
+    password: PasswordOpt = None,
+    glob: GlobOpt = None,
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run documents unpruned and at each keep setting; report speedup and fidelity, and recommend a keep."""
     from .sweep import SweepConfig, parse_keeps, render_sweep_table, run_sweep

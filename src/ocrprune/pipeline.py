@@ -30,6 +30,7 @@ from .config import RunConfig, keep_label
 from .errors import ExitCode, InputError
 from .inputs import Document, expand_inputs
 from .postprocess import postprocess_page
+from .progress import NoProgress, ProgressSink
 from .raster import DocDone, DocFailed, DocOpened, PageRendered, PageStream, RenderedPage
 from .records import DocResult, KeepInfo, PageResult, RunInfo, RunSummary, Timings
 from .report import build_report, exit_code_for, pages_csv, summarize
@@ -51,22 +52,6 @@ class PageEngine(Protocol):
     """What the pipeline needs from the model runtime (the seam tests inject failures at)."""
 
     def run(self, images: list[Any]) -> list["PageOutput"]: ...
-
-
-class ProgressSink(Protocol):
-    def start(self, documents: int) -> None: ...
-    def pages_known(self, count: int) -> None: ...
-    def pages_finished(self, count: int) -> None: ...
-    def document_finished(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class _NoProgress:
-    def start(self, documents: int) -> None: ...
-    def pages_known(self, count: int) -> None: ...
-    def pages_finished(self, count: int) -> None: ...
-    def document_finished(self) -> None: ...
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -464,4 +449,4 @@ def run(
     engine_factory: Callable[[], tuple[PageEngine, RunInfo, int]] | None = None,
 ) -> RunOutcome:
     """Convert every input of `config`; `emit` (for --stdout) receives documents instead of files."""
-    return _Run(config, progress or _NoProgress(), emit, engine_factory).execute(stdin)
+    return _Run(config, progress or NoProgress(), emit, engine_factory).execute(stdin)

@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import __version__
 from .config import (
@@ -37,6 +37,7 @@ from .config import (
 )
 from .errors import ExitCode
 from .inputs import expand_inputs
+from .progress import ProgressSink
 from .writers.files import atomic_write, check_writable
 
 if TYPE_CHECKING:
@@ -229,16 +230,6 @@ class SweepConfig:
             if keep_label(keep) not in labels:
                 labels.append(keep_label(keep))
         return labels
-
-
-class ProgressSink(Protocol):
-    """The subset of `console.ProgressView` the sweep reports to."""
-
-    def start(self, documents: int) -> None: ...
-    def pages_known(self, count: int) -> None: ...
-    def pages_finished(self, count: int) -> None: ...
-    def document_finished(self) -> None: ...
-    def close(self) -> None: ...
 
 
 # ---- the run ------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def run_sweep(
                         flush()
                 elif isinstance(event, DocFailed):
                     reason = f"{event.error.kind}: {event.error.detail}"
-                    missing = sorted(waiting.pop(event.index, set()))
+                    missing: list[int | None] = list(sorted(waiting.pop(event.index, set())))
                     for number in missing or [event.error.page]:
                         skipped.append(SkippedPage(event.doc.display, number, reason))
             flush()

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..config import GenerationSettings, PruneConfig, keep_label
 from ..records import KeepInfo, TokenCounts
+from ..rtprune import PruneRecord
 from .clock import StageClock
 from .generation import Deadline, FirstStepClock, PositionBudget, WindowedNoRepeatNGram
 from .loading import LoadedModel
@@ -181,7 +182,7 @@ class Engine:
         return self.loaded.tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)
 
 
-def _token_counts(record: object, unpruned: int, pruned: int, generated: int) -> TokenCounts:
+def _token_counts(record: PruneRecord, unpruned: int, pruned: int, generated: int) -> TokenCounts:
     return TokenCounts(
         visual_total=record.visual_total,
         visual_kept=record.visual_kept,
@@ -194,7 +195,7 @@ def _token_counts(record: object, unpruned: int, pruned: int, generated: int) ->
     )
 
 
-def _keep_info(record: object, prune: PruneConfig) -> KeepInfo:
+def _keep_info(record: PruneRecord, prune: PruneConfig) -> KeepInfo:
     auto = prune.keep == "auto"
     return KeepInfo(
         setting=keep_label(prune.keep),

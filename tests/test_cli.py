@@ -323,3 +323,29 @@ def test_sweep_command_compares_keeps_and_writes_its_report(tmp_path):
 def test_sweep_rejects_bad_keep_lists():
     result = CliRunner().invoke(app, ["sweep", "x.pdf", "--keep", "1,2"])
     assert result.exit_code == 2
+
+
+def test_kill_9_mid_run_leaves_nothing_a_rerun_trusts(tmp_path):
+    import signal
+    import time
+
+    for n in range(6):
+        make_pdf(tmp_path / "in" / f"d{n}.pdf", pages=2, text=f"document {n} page {{n}}")
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "ocrprune", "convert", str(tmp_path / "in"), "--out", str(out), *FAST[:-2], "--batch-size", "1"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifests = out / "in" / ".ocrprune"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (manifests.exists() and any(manifests.iterdir())):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name.split(".")[0] for p in manifests.iterdir()} if manifests.exists() else set()
+    assert 1 <= len(done_before) < 6
+    rerun = convert(str(tmp_path / "in"), "--out", str(out))
+    assert rerun.exit_code == 0, rerun.output
+    assert f"skipped {len(done_before)} document(s)" in rerun.output
+    for n in range(6):
+        assert pages_of(out / "in" / f"d{n}.json") == [(1, "ok"), (2, "ok")]
+        assert (out / "in" / f"d{n}.md").read_text().count("<--- Page Split --->") == 1
+    assert not list(out.rglob("*.tmp"))

@@ -481,3 +481,15 @@ def test_output_modules_import_without_torch() -> None:
     )
 
     assert result.stdout == "[]\n"
+
+
+def test_atomic_write_clears_temps_left_by_a_killed_writer(tmp_path: Path) -> None:
+    from ocrprune.writers.files import atomic_write
+
+    stale = tmp_path / ".doc.md.999999999.dead.tmp"  # no such process
+    stale.write_text("half")
+    live = tmp_path / f".doc.md.{os.getpid()}.live.tmp"  # a writer that is still running
+    live.write_text("in progress")
+    atomic_write(tmp_path / "doc.md", "done")
+    assert (tmp_path / "doc.md").read_text() == "done"
+    assert not stale.exists() and live.exists()

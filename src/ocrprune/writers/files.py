@@ -116,6 +116,32 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
     _fsync_dir(path.parent)
+    _remove_stale_temps(path)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files for `path` left by a process that was killed mid-write (never trusted)."""
+    prefix = f".{path.name[:100]}."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                pid = name[len(prefix) :].split(".", 1)[0]
+                if pid.isdigit() and not _alive(int(pid)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:

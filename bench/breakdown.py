@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
 from charts import bar_chart
 from common import (
     dtype_name,
@@ -24,12 +23,18 @@ from common import (
     make_guard,
     median,
     parser,
-    pick_device,
     ratio,
     table,
     write_results,
 )
-from fullsize import MODES, ban_eos, kv_bytes_per_token, loaded_model, sample_pages
+from fullsize import (
+    add_model_options,
+    ban_eos,
+    kv_bytes_per_token,
+    loaded_model,
+    model_settings,
+    sample_pages,
+)
 
 KEEPS = (1.0, 0.4)
 PROJECTED_TOKENS = 1000
@@ -38,10 +43,7 @@ STAGES = ("preprocess_ms", "encode_ms", "prune_ms", "prefill_ms", "decode_ms")
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    p.add_argument(
-        "--modes", default=None, help="comma-separated modes (default all; quick tiny,gundam)"
-    )
+    add_model_options(p)
     p.add_argument(
         "--tokens", type=int, default=None, help="tokens generated per page (default 32; quick 4)"
     )
@@ -52,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from ocrprune.config import GenerationSettings, PruneConfig
     from ocrprune.runtime.engine import Engine
 
-    device = pick_device(args.device)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    device, dtype, modes = model_settings(args)
     tokens = args.tokens or (4 if args.quick else 32)
     repeats = args.repeats or (1 if args.quick else 2)
     started = time.time()
@@ -68,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     page = sample_pages(1)[0]
     kv_per_token = kv_bytes_per_token(loaded.model.config, loaded.dtype)
     rows = []
-    for mode in [
-        m.strip()
-        for m in (args.modes or ("tiny,gundam" if args.quick else ",".join(MODES))).split(",")
-        if m.strip()
-    ]:
+    for mode in modes:
         engine = Engine(
             loaded, GenerationSettings(mode=mode, max_new_tokens=tokens), PruneConfig(keep=1.0)
         )

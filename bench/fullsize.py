@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import REPO, SAMPLE_DOCS, Guard, median, sync
+from common import REPO, SAMPLE_DOCS, Guard, dtype_name, median, pick_device, sync
 
 SHARED_CONFIG = REPO.parent / "shared" / "deepseek-ocr" / "config.json"
 # DeepSeek-OCR's architecture (official config.json, public), used when ../shared is absent.
@@ -89,6 +90,24 @@ QUICK_VISION = {
 PREFIX_IDS = (0,)
 SUFFIX_IDS = (201, 128820, 21842, 270, 4940, 304, 2121, 7919, 16)
 MODES = ("tiny", "small", "base", "large", "gundam")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """`--dtype` and `--modes`, shared by the scripts that run the full-size model."""
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument(
+        "--modes", default=None, help="comma-separated modes (default all; quick tiny,gundam)"
+    )
+
+
+def model_settings(args: argparse.Namespace) -> tuple[torch.device, torch.dtype, list[str]]:
+    """Device, dtype and the modes to run, from `add_model_options` (and `--device`, `--quick`)."""
+    modes = args.modes or ("tiny,gundam" if args.quick else ",".join(MODES))
+    return (
+        pick_device(args.device),
+        torch.bfloat16 if args.dtype == "bf16" else torch.float32,
+        [m.strip() for m in modes.split(",") if m.strip()],
+    )
 
 
 def official_config(quick: bool) -> tuple[Any, str]:
@@ -422,7 +441,7 @@ def loaded_model(device: torch.device, dtype: torch.dtype, quick: bool) -> tuple
 
     if quick:
         loaded = load_model(
-            ModelConfig(model="tiny-random", device=device.type, dtype=dtype_label(dtype))
+            ModelConfig(model="tiny-random", device=device.type, dtype=dtype_name(dtype))
         )
         return loaded, "tiny-random"
     model, source = build_model(device, dtype)
@@ -449,10 +468,6 @@ def loaded_model(device: torch.device, dtype: torch.dtype, quick: bool) -> tuple
         max_positions=8192,
     )
     return loaded, f"full-size random weights ({source}), {described}"
-
-
-def dtype_label(dtype: torch.dtype) -> str:
-    return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 def ban_eos(model: Any, eos_token_id: int) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
 from charts import line_chart
 from common import (
     dtype_name,
@@ -23,16 +22,16 @@ from common import (
     machine,
     make_guard,
     parser,
-    pick_device,
     ratio,
     table,
     write_results,
 )
 from fullsize import (
-    MODES,
+    add_model_options,
     build_model,
     decoder_batch,
     keep_key,
+    model_settings,
     page_blocks,
     pruned_prompt,
     sample_pages,
@@ -44,10 +43,7 @@ KEEPS = (1.0, 0.84, 0.6, 0.4, "auto")
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    p.add_argument(
-        "--modes", default=None, help="comma-separated modes (default all; quick tiny,gundam)"
-    )
+    add_model_options(p)
     p.add_argument(
         "--batches", default=None, help="comma-separated batch sizes (default 1,8; quick 1,2)"
     )
@@ -55,13 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=None, help="timed repeats (default 5 at batch 1, 3 above)"
     )
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    modes = [
-        m.strip()
-        for m in (args.modes or ("tiny,gundam" if args.quick else ",".join(MODES))).split(",")
-        if m.strip()
-    ]
+    device, dtype, modes = model_settings(args)
     batches = [int(b) for b in (args.batches or ("1,2" if args.quick else "1,8")).split(",")]
     started = time.time()
     guard = make_guard(args, device)

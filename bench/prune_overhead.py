@@ -23,17 +23,17 @@ from common import (
     make_guard,
     median,
     parser,
-    pick_device,
     ratio,
     sync,
     table,
     write_results,
 )
 from fullsize import (
-    MODES,
+    add_model_options,
     build_model,
     decoder_batch,
     keep_key,
+    model_settings,
     page_blocks,
     pruned_prompt,
     sample_pages,
@@ -62,16 +62,12 @@ def prune_ms(block, keep, device: torch.device, dtype: torch.dtype, calls: int) 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    p.add_argument(
-        "--modes", default=None, help="comma-separated modes (default all; quick tiny,gundam)"
-    )
+    add_model_options(p)
     p.add_argument(
         "--repeats", type=int, default=None, help="prefill repeats (default 5) and prune calls x4"
     )
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    device, dtype, modes = model_settings(args)
     repeats = args.repeats or (1 if args.quick else 5)
     started = time.time()
     guard = make_guard(args, device)
@@ -82,11 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     page = sample_pages(1)
     rows = []
-    for mode in [
-        m.strip()
-        for m in (args.modes or ("tiny,gundam" if args.quick else ",".join(MODES))).split(",")
-        if m.strip()
-    ]:
+    for mode in modes:
         block = page_blocks(page, mode, model.config.text_config.hidden_size)[0]
         prompts = {
             keep_key(k): pruned_prompt(model, block, k, device, dtype) for k in (1.0, *KEEPS)

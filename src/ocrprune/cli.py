@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, TypeVar
 
 import typer
 
@@ -261,6 +261,26 @@ def convert(
     raise typer.Exit(_run_convert(config, quiet, verbose))
 
 
+T = TypeVar("T")
+
+
+def _guarded(progress: ProgressView, work: Callable[[], T]) -> T:
+    """Run `work`; the one place that maps exceptions to a one-line message and an exit code."""
+    try:
+        return work()
+    except OcrpruneError as exc:
+        log.error("%s", exc)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except Exception:  # noqa: BLE001 - a bug: say so, with the traceback, exit 1
+        log.error("internal error (this is a bug; please report it)", exc_info=True)
+        raise typer.Exit(int(ExitCode.INTERNAL)) from None
+    finally:
+        progress.close()
+
+
 def _run_convert(config: RunConfig, quiet: bool, verbose: bool) -> int:
     """Run the pipeline and map its outcome or exception to an exit code."""
     from . import pipeline
@@ -268,24 +288,14 @@ def _run_convert(config: RunConfig, quiet: bool, verbose: bool) -> int:
 
     progress = ProgressView(enabled=not quiet)
     stdin = sys.stdin if "-" in config.inputs else None
-    try:
+
+    def work() -> "pipeline.RunOutcome":
         if config.stdout:
             with protected_stdout() as emit:
-                outcome = pipeline.run(config, progress=progress, stdin=stdin, emit=emit)
-        else:
-            outcome = pipeline.run(config, progress=progress, stdin=stdin)
-    except OcrpruneError as exc:
-        progress.close()
-        log.error("%s", exc)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:
-        progress.close()
-        log.error("interrupted")
-        return int(ExitCode.INTERRUPTED)
-    except Exception:  # noqa: BLE001 - a bug: say so, with the traceback, exit 1
-        progress.close()
-        log.error("internal error (this is a bug; please report it)", exc_info=True)
-        return int(ExitCode.INTERNAL)
+                return pipeline.run(config, progress=progress, stdin=stdin, emit=emit)
+        return pipeline.run(config, progress=progress, stdin=stdin)
+
+    outcome = _guarded(progress, work)
     if not quiet and outcome.report is not None:
         sys.stderr.write(render_summary(outcome.report))
         if not config.stdout:
@@ -355,20 +365,7 @@ def sweep(
         glob=glob,
     )
     progress = ProgressView(enabled=not quiet)
-    try:
-        report = run_sweep(config, progress=progress)
-    except OcrpruneError as exc:
-        progress.close()
-        log.error("%s", exc)
-        raise typer.Exit(int(exc.exit_code)) from None
-    except KeyboardInterrupt:
-        progress.close()
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-    except Exception:  # noqa: BLE001 - a bug: traceback, exit 1
-        progress.close()
-        log.error("internal error (this is a bug; please report it)", exc_info=True)
-        raise typer.Exit(int(ExitCode.INTERNAL)) from None
-    progress.close()
+    report = _guarded(progress, lambda: run_sweep(config, progress=progress))
     if not quiet:
         sys.stderr.write(render_sweep_table(report))
     raise typer.Exit(int(report.exit_code))

@@ -103,10 +103,6 @@ class PruneConfig:
         if self.method not in ("rtprune", "norm", "random"):
             raise ValueError(f"unknown prune method {self.method!r}")
 
-    @property
-    def is_noop(self) -> bool:
-        return self.keep != "auto" and float(self.keep) >= 1.0
-
 
 @dataclass(frozen=True)
 class ModelConfig:

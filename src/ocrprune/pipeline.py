@@ -116,6 +116,7 @@ class _Run:
         self.engine: PageEngine | None = None
         self.batch_size = 1
         self.single_stdout_doc = False
+        self.options: dict[str, Any] = {}
 
     # -- documents ---------------------------------------------------------------------------
     def _fail_doc(self, display: str, rel: PurePosixPath | None, error: InputError) -> None:
@@ -177,7 +178,7 @@ class _Run:
         figures = [f for page in pages for f in page.figures]
         manifest = files.manifest_for(
             state.digest,
-            output_options(self.config, self.run_info.dtype),
+            self.options,
             self.run_info.model,
             self.run_info.revision,
             [p.status for p in pages],
@@ -268,10 +269,10 @@ class _Run:
             self._fail_doc(problem.path, None, problem)
         self.single_stdout_doc = self.emit is not None and len(docs) == 1 and not problems
 
-        from .runtime.loading import select_device, select_dtype
+        from .runtime.loading import dtype_label, select_device, select_dtype
 
-        dtype = select_dtype(config.model.dtype, select_device(config.model.device))
-        dtype_name = "bf16" if str(dtype).endswith("bfloat16") else "fp32"
+        dtype_name = dtype_label(select_dtype(config.model.dtype, select_device(config.model.device)))
+        self.options = output_options(config, dtype_name)
         revision = expected_revision(config)
         layout = None
         if self.emit is None:
@@ -283,9 +284,10 @@ class _Run:
             if str(rel).lower() in _RESERVED_STEMS:
                 rel = rel.with_name(rel.name + "_doc")
             paths = layout.paths_for(rel) if layout is not None else None
-            digest = files.file_sha256(doc.path)
+            # The input hash keys the resume manifest; with --stdout nothing is written or resumed.
+            digest = files.file_sha256(doc.path) if paths is not None else ""
             if paths is not None and not config.force:
-                key = files.manifest_key(digest, output_options(config, dtype_name), config.model.model, revision)
+                key = files.manifest_key(digest, self.options, config.model.model, revision)
                 done = files.is_done(paths, key, config.formats)
                 if done and not (config.retry_failed and files.has_failed_pages(paths)):
                     self.skipped += 1
@@ -300,7 +302,14 @@ class _Run:
         if pending and not self.stop:
             interrupted = self._convert(pending)
         if self.run_info is None:
-            self.run_info = self._static_run_info(dtype_name, revision)
+            self.run_info = describe_run(
+                config,
+                model=config.model.model,
+                revision=revision,
+                device=config.model.device,
+                dtype=dtype_name,
+                dummy=config.model.is_tiny_random,
+            )
         # Documents that never finished (fail-fast or Ctrl-C) are not written and not counted as
         # done; a re-run converts them.
         summary = summarize(
@@ -314,21 +323,6 @@ class _Run:
         if self.emit is None:
             files.write_run_report(config.out, _json(report), pages_csv(self.docs_out))
         return RunOutcome(summary, self.docs_out, report, exit_code_for(summary), self.run_info)
-
-    def _static_run_info(self, dtype: str, revision: str | None) -> RunInfo:
-        gen, prune = self.config.generation, self.config.prune
-        return RunInfo(
-            model=self.config.model.model,
-            revision=revision,
-            mode=gen.mode,
-            keep=keep_label(prune.keep),
-            prune_method=prune.method,
-            prompt=gen.prompt,
-            device=self.config.model.device,
-            dtype=dtype,
-            dummy_model=self.config.model.is_tiny_random,
-            version=__version__,
-        )
 
     def _convert(self, pending: list[_DocState]) -> bool:
         """Stream, batch and run every pending document; True if interrupted by Ctrl-C."""
@@ -404,19 +398,35 @@ def _json(report: dict[str, Any]) -> str:
     return json.dumps(report, ensure_ascii=False, indent=2) + "\n"
 
 
-def run_info_for(config: RunConfig, loaded: Any) -> RunInfo:
+def describe_run(
+    config: RunConfig, *, model: str, revision: str | None, device: str, dtype: str, dummy: bool
+) -> RunInfo:
     """What produced the outputs, for every JSON document and the report."""
     return RunInfo(
-        model=loaded.model_id,
-        revision=loaded.revision,
+        model=model,
+        revision=revision,
         mode=config.generation.mode,
         keep=keep_label(config.prune.keep),
         prune_method=config.prune.method,
         prompt=config.generation.prompt,
-        device=str(loaded.device),
-        dtype="bf16" if str(loaded.dtype).endswith("bfloat16") else "fp32",
-        dummy_model=loaded.dummy,
+        device=device,
+        dtype=dtype,
+        dummy_model=dummy,
         version=__version__,
+    )
+
+
+def run_info_for(config: RunConfig, loaded: Any) -> RunInfo:
+    """The run description once the model is loaded (its resolved device, dtype and revision)."""
+    from .runtime.loading import dtype_label
+
+    return describe_run(
+        config,
+        model=loaded.model_id,
+        revision=loaded.revision,
+        device=str(loaded.device),
+        dtype=dtype_label(loaded.dtype),
+        dummy=loaded.dummy,
     )
 
 

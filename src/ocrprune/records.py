@@ -111,10 +111,6 @@ class DocResult:
     def ok(self) -> bool:
         return self.error is None and bool(self.pages) and all(p.status == "ok" for p in self.pages)
 
-    @property
-    def failed_pages(self) -> int:
-        return sum(1 for p in self.pages if p.status != "ok")
-
 
 @dataclass(frozen=True)
 class RunInfo:

@@ -74,15 +74,6 @@ class ImageLayout:
         g = self.global_grid
         return self.local_length + g * (g + 1) + 1
 
-    @property
-    def visual_count(self) -> int:
-        """N, the prunable tokens: local_rows * local_cols + g^2."""
-        return self.local_rows * self.local_cols + self.global_grid**2
-
-    @property
-    def separator_index(self) -> int:
-        return self.length - 1
-
 
 def newline_indices(layout: ImageLayout, device: torch.device | None = None) -> torch.Tensor:
     """Positions of the newline tokens, ascending: `[local_rows + g]` long."""

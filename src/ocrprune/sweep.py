@@ -209,15 +209,15 @@ def _build_engine(config: SweepConfig) -> Engine:
 
 
 def _run_info(engine: Engine | None, config: SweepConfig) -> dict[str, Any]:
+    from .runtime.loading import dtype_label
+
     loaded = engine.loaded if engine is not None else None
     return {
         "model": loaded.model_id if loaded else config.model.model,
         "revision": loaded.revision if loaded else config.model.revision,
         "dummy_model": loaded.dummy if loaded else config.model.is_tiny_random,
         "device": str(loaded.device) if loaded else config.model.device,
-        "dtype": ("bf16" if str(loaded.dtype).endswith("bfloat16") else "fp32")
-        if loaded
-        else config.model.dtype,
+        "dtype": dtype_label(loaded.dtype) if loaded else config.model.dtype,
         "mode": config.generation.mode,
         "prompt": config.generation.prompt,
         "max_new_tokens": config.generation.max_new_tokens,

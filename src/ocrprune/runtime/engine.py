@@ -139,7 +139,7 @@ class Engine:
                 ids = ids[: ids.index(loaded.eos_token_id) + 1]
                 status = "ok"
             else:
-                ids = [t for t in ids if t != loaded.pad_token_id] if ids else ids
+                ids = [t for t in ids if t != loaded.pad_token_id]
                 status = "timeout" if timed_out and len(ids) < budgets[i] else "repetition"
             results.append(
                 PageOutput(

@@ -77,6 +77,11 @@ def select_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def dtype_label(dtype: torch.dtype) -> str:
+    """The short name reports and manifests use: `bf16` or `fp32`."""
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
 def _sam_config(vision: dict[str, Any]) -> dict[str, Any]:
     width = vision.get("width", {})
     sam = width.get("sam_vit_b", {})

@@ -78,12 +78,12 @@ class _DocState:
     opened: bool = False
     rendered_all: bool = False
     error: InputError | None = None
-    finished: bool = False
 
     def complete(self) -> bool:
         if self.error is not None and not self.opened:
             return True
-        return self.rendered_all and all(p in self.results for p in self.expected)
+        # Results are only ever recorded for expected pages, so counting them is enough.
+        return self.rendered_all and len(self.results) == len(self.expected)
 
 
 def _peak_rss_mb() -> float:
@@ -128,7 +128,6 @@ class _Run:
 
     def _finish(self, state: _DocState) -> None:
         """Write a complete document (outputs then manifest) and record it."""
-        state.finished = True
         pages = tuple(state.results[p] for p in sorted(state.results))
         error = str(state.error) if state.error is not None else None
         kind = state.error.kind if state.error is not None else None

@@ -20,6 +20,8 @@ ModeName = Literal["tiny", "small", "base", "large", "gundam"]
 DeviceName = Literal["auto", "cuda", "cpu"]
 DtypeName = Literal["auto", "bf16", "fp32"]
 PruneMethod = Literal["rtprune", "norm", "random"]
+RendererName = Literal["mupdf", "pdfium"]
+DEFAULT_RENDER_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -147,10 +149,18 @@ class RasterConfig:
     max_pixels: int = 40_000_000
     password: str | None = None
     pages: tuple[tuple[int, int], ...] = ()
+    # Seconds one page may take to render before it is stopped and marked `render_error`
+    # (None: no limit). Rendering runs in a worker process so a stuck page cannot hang the run.
+    render_timeout: float | None = DEFAULT_RENDER_TIMEOUT
+    renderer: RendererName = "mupdf"
 
     def __post_init__(self) -> None:
         if not 18 <= self.dpi <= 1200:
             raise ValueError(f"dpi must be between 18 and 1200, got {self.dpi}")
+        if self.render_timeout is not None and not self.render_timeout > 0:
+            raise ValueError(f"render timeout must be positive, got {self.render_timeout}")
+        if self.renderer not in ("mupdf", "pdfium"):
+            raise ValueError(f"unknown renderer {self.renderer!r}; use mupdf or pdfium")
 
 
 @dataclass(frozen=True)
@@ -172,6 +182,9 @@ class RunConfig:
     retry_failed: bool = False
     fail_fast: bool = False
     queue_pages: int = 16
+    # Output paths are the inputs' paths relative to `base` (None: the current folder), so the
+    # same input always maps to the same output, whatever else is in the run.
+    base: Path | None = None
 
     def __post_init__(self) -> None:
         bad = set(self.formats) - {"md", "json"}

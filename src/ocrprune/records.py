@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-PageStatus = Literal["ok", "repetition", "timeout", "render_error", "model_error"]
-PAGE_STATUSES: tuple[str, ...] = ("ok", "repetition", "timeout", "render_error", "model_error")
+# `length`: stopped at the token or position cap without end-of-sequence (text kept);
+# `repetition`: stopped without end-of-sequence and a loop is detected in the output (`loops.py`).
+PageStatus = Literal["ok", "length", "repetition", "timeout", "render_error", "model_error"]
+PAGE_STATUSES: tuple[str, ...] = ("ok", "length", "repetition", "timeout", "render_error", "model_error")
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,7 @@ class RunConfig:
     # Output paths are the inputs' paths relative to `base` (None: the current folder), so the
     # same input always maps to the same output, whatever else is in the run.
     base: Path | None = None
+    null_input: bool = False  # `-` reads NUL-separated paths (find -print0)
 
     def __post_init__(self) -> None:
         bad = set(self.formats) - {"md", "json"}

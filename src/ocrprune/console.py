@@ -96,6 +96,9 @@ class ProgressView:
         if self._bar is not None:
             self._bar.update(self._pages_task, total=self.pages_total)
 
+    def all_pages_known(self) -> None:  # TEMP until cli merge
+        pass
+
     def pages_finished(self, count: int) -> None:
         self.pages_done += count
         rate = self.pages_done / max(time.perf_counter() - self.started, 1e-9)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from .names import escape_name
+
 
 class ExitCode(IntEnum):
     """The process exit status contract, documented in `--help` and the README."""
@@ -19,7 +21,8 @@ class ExitCode(IntEnum):
     NOTHING_SUCCEEDED = 4
     ENVIRONMENT = 5
     OUTPUT_NOT_WRITABLE = 6
-    INTERRUPTED = 130
+    BUSY = 75  # EX_TEMPFAIL: another run holds the output folder; try again later
+    INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143 and SIGHUP 129 (128 + signal number)
 
 
 class OcrpruneError(Exception):
@@ -44,8 +47,13 @@ class InputError(OcrpruneError):
         self.kind = kind
         self.detail = detail
         self.page = page
-        where = f"{path}" if page is None else f"{path} page {page}"
+        shown = escape_name(path)
+        where = shown if page is None else f"{shown} page {page}"
         super().__init__(f"{where}: {kind}: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Picklable (render workers and other processes send these back): rebuild from the fields.
+        return (type(self), (self.path, self.kind, self.detail, self.page))
 
 
 class ModelLoadError(OcrpruneError):
@@ -64,3 +72,17 @@ class OutputError(OcrpruneError):
     """The output folder cannot be written, or a path would escape it."""
 
     exit_code = ExitCode.OUTPUT_NOT_WRITABLE
+
+
+class BusyError(OcrpruneError):
+    """Another ocrprune run is writing to the same output folder (an overrunning cron job)."""
+
+    exit_code = ExitCode.BUSY
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived: stop like Ctrl-C; the exit code is 128 + `signum`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -333,8 +333,16 @@ def _disambiguate(found: list[_Found], rels: list[PurePosixPath]) -> list[PurePo
     return result
 
 
+def fallback_rel(rel: PurePosixPath, source_path: str) -> PurePosixPath:  # TEMP until naming merge
+    import hashlib
+
+    digest = hashlib.sha256(os.fsencode(source_path)).hexdigest()[:8]
+    return rel.with_name(f"{rel.name}~{digest}")
+
+
 def expand_inputs(
-    args: Sequence[str], *, glob: str | None = None, stdin: TextIO | None = None
+    args: Sequence[str], *, glob: str | None = None, stdin: TextIO | None = None,
+    base: object = None, out: object = None, null: bool = False,
 ) -> tuple[list[Document], list[InputError]]:
     """Expand command-line inputs into documents and per-input problems.
 

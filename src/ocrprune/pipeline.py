@@ -210,8 +210,8 @@ class _Run:
 
     def _log_pages(self, state: _DocState, pages: tuple[PageResult, ...]) -> None:
         for page in pages:
-            if page.status != "ok":
-                log.warning(
+            if page.status != "ok":  # an error, so that `-q` still names every page that is not ok
+                log.error(
                     "%s page %d: %s%s",
                     state.shown,
                     page.page,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -18,6 +22,26 @@ def rels(docs: list[Document]) -> list[str]:
 
 def kinds(errors: list) -> list[tuple[str, str]]:
     return [(e.path, e.kind) for e in errors]
+
+
+def h8(name: str) -> str:
+    return hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+
+
+@contextlib.contextmanager
+def alarm(seconds: int) -> Iterator[None]:
+    """Fail (instead of hanging forever) if the block blocks, e.g. on opening a FIFO."""
+
+    def hung(signum: int, frame: object) -> None:
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
@@ -45,7 +69,7 @@ def test_folder_is_recursive_sorted_and_skips_non_documents_silently(tree: Path)
         "docs/sub/c.png",
         "docs/sub/deep/d.pdf",
     ]
-    assert rels(docs) == ["docs/B", "docs/a", "docs/sub/c", "docs/sub/deep/d"]
+    assert rels(docs) == ["docs/B.PDF", "docs/a.pdf", "docs/sub/c.png", "docs/sub/deep/d.pdf"]
     assert [d.kind for d in docs] == ["pdf", "pdf", "image", "pdf"]
     assert all(d.path.is_absolute() for d in docs)
 
@@ -56,25 +80,31 @@ def test_folder_glob_filter_matches_names_case_insensitively(tree: Path) -> None
     assert errors == []
 
 
-def test_folder_without_documents_is_an_empty_error(tree: Path) -> None:
+def test_folder_without_documents_is_nothing_to_do_not_an_error(tree: Path) -> None:
+    # Changed (#8.2): an existing folder with no documents used to be an `empty` error.
     (tree / "nothing").mkdir()
     (tree / "nothing" / "readme.txt").write_text("hi")
     docs, errors = expand_inputs(["nothing", "docs"], glob="*.png")
-    assert rels(docs) == ["docs/sub/c"]
-    assert kinds(errors) == [("nothing", "empty")]
+    assert rels(docs) == ["docs/sub/c.png"]
+    assert errors == []
 
 
-def test_quoted_recursive_glob_expands_and_names_relative_to_common_parent(tree: Path) -> None:
+def test_quoted_recursive_glob_expands_and_names_relative_to_base(tree: Path) -> None:
     docs, errors = expand_inputs(["docs/**/*.pdf"])
     assert errors == []
     assert [d.display for d in docs] == ["docs/a.pdf", "docs/sub/deep/d.pdf"]
-    assert rels(docs) == ["a", "sub/deep/d"]
+    assert rels(docs) == ["docs/a.pdf", "docs/sub/deep/d.pdf"]
 
 
-def test_glob_matching_nothing_is_reported(tree: Path) -> None:
-    docs, errors = expand_inputs(["docs/*.tiff"])
+def test_glob_matching_nothing_in_an_existing_folder_is_nothing_to_do(tree: Path) -> None:
+    # Changed (#8.2): a glob over an existing folder that matches nothing used to be `missing`.
+    assert expand_inputs(["docs/*.tiff"]) == ([], [])
+
+
+def test_glob_whose_folder_does_not_exist_is_missing(tree: Path) -> None:
+    docs, errors = expand_inputs(["dcos/*.pdf"])
     assert docs == []
-    assert kinds(errors) == [("docs/*.tiff", "missing")]
+    assert [str(e) for e in errors] == ["dcos/*.pdf: missing: no such folder: dcos"]
 
 
 def test_list_file_paths_are_relative_to_the_list_and_skip_comments(tree: Path) -> None:
@@ -87,7 +117,7 @@ def test_list_file_paths_are_relative_to_the_list_and_skip_comments(tree: Path) 
 
 def test_missing_list_file_is_reported(tree: Path) -> None:
     docs, errors = expand_inputs(["@nope.txt", "docs/a.pdf"])
-    assert rels(docs) == ["a"]
+    assert rels(docs) == ["docs/a.pdf"]
     assert kinds(errors) == [("@nope.txt", "missing")]
 
 
@@ -96,7 +126,7 @@ def test_dash_reads_paths_from_the_stream(tree: Path) -> None:
     docs, errors = expand_inputs(["-"], stdin=stream)
     assert errors == []
     assert [d.display for d in docs] == ["docs/a.pdf", "docs/sub/deep/d.pdf"]
-    assert rels(docs) == ["a", "sub/deep/d"]
+    assert rels(docs) == ["docs/a.pdf", "docs/sub/deep/d.pdf"]
 
 
 def test_type_is_sniffed_from_content_not_extension(tmp_path: Path) -> None:
@@ -153,17 +183,18 @@ def test_same_name_in_two_folders_gets_different_rel(
     make_pdf(tmp_path / "b" / "report.pdf")
     files, _ = expand_inputs(["a/report.pdf", "b/report.pdf"])
     folders, _ = expand_inputs(["a", "b"])
-    assert rels(files) == ["a/report", "b/report"]
-    assert rels(folders) == ["a/report", "b/report"]
+    assert rels(files) == ["a/report.pdf", "b/report.pdf"]
+    assert rels(folders) == ["a/report.pdf", "b/report.pdf"]
 
 
-def test_single_file_rel_is_its_stem_even_with_dots(
+def test_single_file_rel_keeps_its_folders_and_full_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Changed (#8.5): a lone file used to be named by its stem alone (`a.b.c`).
     monkeypatch.chdir(tmp_path)
     make_png(tmp_path / "scans" / "a.b.c.jpg")
     docs, _ = expand_inputs(["scans/a.b.c.jpg"])
-    assert docs[0].rel == PurePosixPath("a.b.c")
+    assert docs[0].rel == PurePosixPath("scans/a.b.c.jpg")
 
 
 def test_parent_and_absolute_inputs_never_escape(
@@ -177,29 +208,32 @@ def test_parent_and_absolute_inputs_never_escape(
     make_pdf(tmp_path / "other" / "deep" / "w.pdf")
     args = ["../x/y.pdf", "z.pdf", str(tmp_path / "other" / "deep" / "w.pdf"), "../other"]
     docs, errors = expand_inputs(args)
-    assert rels(docs) == ["x/y", "work/z", "other/deep/w"]
+    # Changed (#8.5): outside the base (the current folder) maps to `_outside/<absolute path>`.
+    outside = PurePosixPath("_outside", *tmp_path.parts[1:])
+    assert [d.rel for d in docs] == [outside / "x/y.pdf", PurePosixPath("z.pdf"), outside / "other/deep/w.pdf"]
     one, _ = expand_inputs([str(tmp_path / "x" / "y.pdf")])
-    assert rels(one) == ["y"]
+    assert [d.rel for d in one] == [outside / "x/y.pdf"]
     root, _ = expand_inputs(["../../" * 20 + str(tmp_path)[1:] + "/x/y.pdf", "z.pdf"])
+    assert [d.rel for d in root] == [outside / "x/y.pdf", PurePosixPath("z.pdf")]
     for doc in docs + one + root:
         assert ".." not in doc.rel.parts and not doc.rel.is_absolute()
     assert [e.kind for e in errors] == []  # ../other only held w.pdf, already given
 
 
-def test_colliding_rels_get_extension_then_number_suffixes(
+def test_same_stem_different_extension_no_longer_collide_and_case_twins_fall_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Changed (#8.5, #9.5): names keep their extension, so `x.pdf` and `x.png` are distinct;
+    # only case twins collide, and the later one gets `~` + 8 hex of its absolute path's SHA-256.
     monkeypatch.chdir(tmp_path)
     make_pdf(tmp_path / "d" / "x.pdf")
     make_png(tmp_path / "d" / "x.png")
     docs, _ = expand_inputs(["d/x.pdf", "d/x.png"])
-    assert rels(docs) == ["x", "x_png"]
+    assert rels(docs) == ["d/x.pdf", "d/x.png"]
     make_pdf(tmp_path / "d" / "X.PDF")
-    make_pdf(tmp_path / "d" / "x_png.pdf")
     docs, _ = expand_inputs(["d"])
-    # sorted: X.PDF, x.pdf, x.png, x_png.pdf. x.pdf shares X's extension -> a number; x.png's
-    # `x_png` belongs to x_png.pdf -> the next free number.
-    assert rels(docs) == ["d/X", "d/x_2", "d/x_3", "d/x_png"]
+    tag = hashlib.sha256(os.fsencode(str(tmp_path / "d" / "x.pdf"))).hexdigest()[:8]
+    assert rels(docs) == ["d/X.PDF", f"d/x.pdf~{tag}", "d/x.png"]
 
 
 def test_weird_names_survive_sanitized(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,8 +244,13 @@ def test_weird_names_survive_sanitized(tmp_path: Path, monkeypatch: pytest.Monke
     make_pdf(tmp_path / "in" / ".hidden.pdf")
     docs, errors = expand_inputs(["in/" + name, "in/tab\there;rm -rf*.pdf", "in/.hidden.pdf"])
     assert errors == []
-    assert rels(docs) == ["résumé copy (1)", "tab_here_rm -rf_", "_hidden"]
-    assert str(docs[0].rel) == "r\u00e9sum\u00e9 copy (1)"  # NFC
+    # Changed (#8.5): unsafe names are sanitized and tagged with a hash of the original name, so
+    # two names that sanitize alike stay distinct (NFD is not kept as is: NFC is a different name).
+    assert rels(docs) == [
+        "in/r\u00e9sum\u00e9 copy (1).pdf~" + h8(name),
+        "in/tab_here_rm -rf_.pdf~" + h8("tab\there;rm -rf*.pdf"),
+        "in/_hidden.pdf~" + h8(".hidden.pdf"),
+    ]
 
 
 def test_sanitize_component_limits_and_edge_cases() -> None:
@@ -226,15 +265,17 @@ def test_sanitize_component_limits_and_edge_cases() -> None:
 def test_display_keeps_what_the_user_typed(tree: Path) -> None:
     docs, _ = expand_inputs(["./docs/sub/", "docs//a.pdf"])
     assert [d.display for d in docs] == ["./docs/sub/c.png", "./docs/sub/deep/d.pdf", "docs//a.pdf"]
-    assert rels(docs) == ["sub/c", "sub/deep/d", "a"]
+    assert rels(docs) == ["docs/sub/c.png", "docs/sub/deep/d.pdf", "docs/a.pdf"]
 
 
 def test_special_files_are_not_documents_and_never_block(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.pdf"
     os.mkfifo(fifo)
-    docs, errors = expand_inputs([str(fifo), str(tmp_path)])
+    with alarm(5):
+        docs, errors = expand_inputs([str(fifo), str(tmp_path)])
     assert docs == []
-    assert kinds(errors) == [(str(fifo), "not_a_document"), (str(tmp_path), "empty")]
+    # Changed (#8.2): the folder holding only a FIFO is nothing to do, no longer `empty`.
+    assert kinds(errors) == [(str(fifo), "not_a_document")]
 
 
 def test_folder_reports_files_named_like_documents_that_are_not(tmp_path: Path) -> None:
@@ -243,5 +284,5 @@ def test_folder_reports_files_named_like_documents_that_are_not(tmp_path: Path) 
     (tmp_path / "lies.pdf").write_text("plain text\n")
     (tmp_path / "notes.md").write_text("# not a document, and not named like one\n")
     docs, errors = expand_inputs([str(tmp_path)])
-    assert [d.rel.name for d in docs] == ["good"]
+    assert [d.rel.name for d in docs] == ["good.pdf"]
     assert sorted((Path(e.path).name, e.kind) for e in errors) == [("lies.pdf", "not_a_document"), ("x.pdf", "empty")]

@@ -116,7 +116,7 @@ def test_a_capped_page_is_length_with_its_text_kept_and_a_loop_is_repetition(tmp
     assert "token limit without end-of-sequence" in page2["error"]
 
 
-def test_the_engine_calls_a_capped_page_length_unless_its_tail_loops():
+def test_a_capped_output_is_a_loop_only_when_its_tail_repeats():
     from ocrprune.loops import ends_in_loop, line_loop, token_loop_period
 
     assert token_loop_period([1, 2, 3] * 11) == 3  # 33 tokens, three copies and more

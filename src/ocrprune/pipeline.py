@@ -42,6 +42,7 @@ from .batching import auto_batch_size, halves
 from .config import RunConfig, keep_label
 from .errors import ExitCode, InputError, Interrupted
 from .inputs import Document, expand_inputs, fallback_rel
+from .loops import ends_in_loop
 from .names import escape_name
 from .progress import NoProgress, ProgressSink
 from .records import DocResult, KeepInfo, PageResult, RunInfo, RunSummary, Timings, page_from_record, page_to_record
@@ -258,11 +259,11 @@ class _Run:
         )
         json_text = render_json(result, self.run_info, image_dir=image_dir) if "json" in self.config.formats else None
         figures = [f for page in pages for f in page.figures]
-        manifest = files.manifest_for(
+        manifest = files.manifest_for(  # the same key `_plan` checks a re-run against
             state.digest,
             self.options,
-            self.run_info.model,
-            self.run_info.revision,
+            self.config.model.model,
+            self.revision,
             [p.status for p in pages],
             source=state.shown,
             source_path=escape_name(os.path.normpath(state.doc.path)),
@@ -313,7 +314,10 @@ class _Run:
             + output.decode_ms,
         )
         width, height = page.image.size if page.image is not None else (0, 0)
-        status, note = output.status, _STATUS_NOTES.get(output.status)
+        status = output.status
+        if status == "length" and ends_in_loop(output.token_ids, output.raw_text):
+            status = "repetition"  # capped, and the output repeats itself (see `loops.py`)
+        note = _STATUS_NOTES.get(status)
         try:
             markdown, boxes, figures = postprocess_page(output.raw_text, page.image, page.page)
         except Exception as exc:  # noqa: BLE001 - a failure after the model costs this page only

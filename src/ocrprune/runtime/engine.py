@@ -17,7 +17,6 @@ from PIL import Image
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..loops import ends_in_loop
 from ..config import GenerationSettings, PruneConfig, keep_label
 from ..records import KeepInfo, TokenCounts
 from ..rtprune import PruneRecord
@@ -43,7 +42,7 @@ class PageOutput:
     """What the model produced for one page; plain values apart from `token_ids`."""
 
     raw_text: str
-    status: str  # ok | length | repetition | timeout
+    status: str  # ok (end-of-sequence) | length (token or position cap) | timeout
     token_ids: list[int]
     tokens: TokenCounts
     keep: KeepInfo
@@ -142,12 +141,9 @@ class Engine:
             else:
                 ids = [t for t in ids if t != loaded.pad_token_id]
                 status = "timeout" if timed_out and len(ids) < budgets[i] else "length"
-            text = self._text(ids)
-            if status == "length" and ends_in_loop(ids, text):
-                status = "repetition"
             results.append(
                 PageOutput(
-                    raw_text=text,
+                    raw_text=self._text(ids),
                     status=status,
                     token_ids=ids,
                     tokens=_token_counts(page.record, inputs.unpruned_lengths[i], inputs.pruned_lengths[i], len(ids)),

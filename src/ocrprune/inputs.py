@@ -327,12 +327,13 @@ class _OutputFolders:
 
     def __init__(self, out: Path | None) -> None:
         self.out_id: tuple[int, int] | None = None
-        if out is not None:
+        for spelling in (out, _lexical(out)) if out is not None else ():
             try:
-                info = os.stat(out)
-                self.out_id = (info.st_dev, info.st_ino)
+                info = os.stat(spelling)
             except (OSError, ValueError):
-                pass  # not there yet: nothing can be it
+                continue  # not there (yet): nothing can be it
+            self.out_id = (info.st_dev, info.st_ino)
+            break
         self._cache: dict[str, bool] = {}
 
     def is_root(self, folder: str) -> bool:

@@ -111,7 +111,7 @@ def test_safe_names_are_kept_and_unsafe_ones_get_a_hash_of_their_original_bytes(
         make_pdf(cwd / "d" / name)
     docs, errors = expand_inputs(["d"])
     assert errors == []
-    assert dict((d.path.name, str(d.rel)) for d in docs) == {
+    assert {d.path.name: str(d.rel) for d in docs} == {
         "CON.pdf": f"d/_CON.pdf~{h8('CON.pdf')}",
         "a_b.pdf": "d/a_b.pdf",
         "a~b.pdf": f"d/a_b.pdf~{h8('a~b.pdf')}",

@@ -13,7 +13,14 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from docgen import make_pdf, make_png, png_bytes
-from ocrprune.inputs import Document, expand_inputs, sanitize_component, sniff_kind
+from ocrprune.inputs import (
+    OUTPUT_MARKER,
+    Document,
+    NotRegularFileError,
+    expand_inputs,
+    sanitize_component,
+    sniff_kind,
+)
 
 
 def rels(docs: list[Document]) -> list[str]:
@@ -286,3 +293,212 @@ def test_folder_reports_files_named_like_documents_that_are_not(tmp_path: Path) 
     docs, errors = expand_inputs([str(tmp_path)])
     assert [d.rel.name for d in docs] == ["good.pdf"]
     assert sorted((Path(e.path).name, e.kind) for e in errors) == [("lies.pdf", "not_a_document"), ("x.pdf", "empty")]
+
+
+# -- C: nothing to do is not an error (#8.2) -----------------------------------------------------
+
+
+def test_empty_folder_list_and_stdin_are_nothing_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "comments.txt").write_text("# nothing tonight\n\n   \n")
+    assert expand_inputs(["inbox"]) == ([], [])
+    assert expand_inputs(["@empty.txt", "@comments.txt"]) == ([], [])
+    assert expand_inputs(["-"], stdin=io.StringIO("")) == ([], [])
+    assert expand_inputs(["-"], stdin=io.BytesIO(b""), null=True) == ([], [])
+
+
+def test_missing_path_and_explicit_non_document_stay_named_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "notes.txt").write_text("hello\n")
+    docs, errors = expand_inputs(["inbox", "gone.pdf", "notes.txt"])
+    assert docs == []
+    assert [str(e) for e in errors] == [
+        "gone.pdf: missing: no such file or folder",
+        "notes.txt: not_a_document: not a PDF or a supported image (by content)",
+    ]
+
+
+# -- E: the output folder is never read as input (#8.6) -------------------------------------------
+
+
+def make_outputs(out: Path, name: str = "a.pdf", marker: bool = True) -> None:
+    """What a run writes for one document: Markdown, JSON, a figure crop, manifest, reports."""
+    (out / f"{name}.md").parent.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text("# text\n")
+    (out / f"{name}.json").write_text("{}")
+    make_png(out / f"{name}_images" / "page0001_fig01.jpg")
+    (out / ".ocrprune").mkdir(exist_ok=True)
+    (out / ".ocrprune" / f"{name}.manifest.json").write_text("{}")
+    (out / "report.json").write_text("{}")
+    (out / "pages.csv").write_text("a\n")
+    if marker:
+        (out / OUTPUT_MARKER).write_text("")
+
+
+def test_output_folder_inside_the_input_folder_is_skipped_by_identity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_pdf(tmp_path / "a.pdf")
+    make_outputs(tmp_path / "ocr", marker=False)  # first run: no marker yet, --out names it
+    docs, errors = expand_inputs(["."], out=Path("ocr"))
+    assert (rels(docs), errors) == (["a.pdf"], [])
+    os.symlink(tmp_path / "ocr", tmp_path / "ocr-link")
+    for spelling in (tmp_path / "ocr-link", tmp_path / "x" / ".." / "ocr", Path("./ocr/")):
+        docs, _ = expand_inputs(["."], out=spelling)
+        assert rels(docs) == ["a.pdf"]
+    docs, _ = expand_inputs(["."])  # without --out and without a marker it is just a folder
+    assert rels(docs) == ["a.pdf", "ocr/a.pdf_images/page0001_fig01.jpg"]
+
+
+def test_marked_output_folder_is_skipped_on_a_later_run_with_another_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_pdf(tmp_path / "a.pdf")
+    make_outputs(tmp_path / "old-out")
+    make_outputs(tmp_path / "deep" / "nested-out" / "sub", name="b.pdf")
+    (tmp_path / "deep" / "nested-out" / OUTPUT_MARKER).parent.mkdir()
+    (tmp_path / "deep" / "nested-out" / OUTPUT_MARKER).write_text("")
+    docs, errors = expand_inputs(["."], out=Path("new-out"))
+    assert (rels(docs), errors) == (["a.pdf"], [])
+    docs, errors = expand_inputs(["**/*.jpg", "*/*/*/*/*.jpg"])
+    assert (rels(docs), errors) == ([], [])
+
+
+def test_output_folder_equal_to_or_above_the_input_skips_only_figure_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_pdf(tmp_path / "inbox" / "a.pdf")
+    make_png(tmp_path / "inbox" / "scan.png")
+    make_outputs(tmp_path / "inbox", name="a.pdf")  # `convert inbox --out inbox`
+    docs, errors = expand_inputs(["inbox"], out=Path("inbox"))
+    assert (rels(docs), errors) == (["inbox/a.pdf", "inbox/scan.png"], [])
+    docs, _ = expand_inputs(["inbox"], out=Path("."))  # `convert inbox --out .`, marker in inbox
+    assert rels(docs) == ["inbox/a.pdf", "inbox/scan.png"]
+    docs, _ = expand_inputs(["inbox/**/*.jpg", "inbox/*"], out=Path("inbox"))
+    assert rels(docs) == ["inbox/a.pdf", "inbox/scan.png"]
+
+
+def test_explicitly_named_file_inside_an_output_folder_is_still_converted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_outputs(tmp_path / "out")
+    crop = "out/a.pdf_images/page0001_fig01.jpg"
+    docs, errors = expand_inputs([crop], out=Path("out"))
+    assert (rels(docs), errors) == ([crop], [])
+    docs, _ = expand_inputs(["-"], stdin=io.StringIO(crop + "\n"), out=Path("out"))
+    assert rels(docs) == [crop]
+
+
+# -- F: NUL-separated and byte-exact lists (#8.10) ---------------------------------------------
+
+
+def test_null_separated_stdin_keeps_spaces_newlines_and_leading_blanks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    names = ["a b.pdf", "new\nline.pdf", " lead.pdf", "#hash.pdf"]
+    for name in names:
+        make_pdf(tmp_path / name)
+    data = b"\x00".join(n.encode() for n in names) + b"\x00\x00"
+    docs, errors = expand_inputs(["-"], stdin=io.BytesIO(data), null=True)
+    assert errors == []
+    assert [d.display for d in docs] == names
+    newline, errors = expand_inputs(["-"], stdin=io.BytesIO(data.replace(b"\x00", b"\n")))
+    assert [d.display for d in newline] == ["a b.pdf"]  # split, stripped, `#` lines skipped
+    assert kinds(errors) == [("new", "missing"), ("line.pdf", "missing"), ("lead.pdf", "missing")]
+
+
+def test_stdin_is_read_as_bytes_so_non_utf8_names_survive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    raw = b"caf\xe9.pdf"
+    os.rename(make_pdf(tmp_path / "tmp.pdf"), raw)
+    stream = io.TextIOWrapper(io.BytesIO(b"  " + raw + b" \r\n"), encoding="utf-8")
+    docs, errors = expand_inputs(["-"], stdin=stream)
+    nul, _ = expand_inputs(["-"], stdin=io.BytesIO(raw + b"\x00"), null=True)
+    assert errors == []
+    assert [os.fsencode(d.display) for d in docs + nul] == [raw, raw]
+    assert rels(docs) == rels(nul) == ["caf_.pdf~" + hashlib.sha256(raw).hexdigest()[:8]]
+
+
+def test_nul_byte_in_a_newline_list_is_a_named_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    docs, errors = expand_inputs(["-"], stdin=io.BytesIO(b"a.pdf\x00b.pdf\n"))
+    assert docs == []
+    assert [str(e) for e in errors] == [
+        "a.pdf\x00b.pdf: missing: the name contains a NUL byte (NUL-separated list: use -0)"
+    ]
+
+
+# -- G: non-regular files and listing errors (#9.3, #9.4) -----------------------------------------
+
+
+def test_fifo_in_a_folder_is_skipped_and_sniffing_one_never_blocks(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.pdf")
+    make_pdf(tmp_path / "real.pdf")
+    with alarm(5):
+        docs, errors = expand_inputs([str(tmp_path)])
+        with pytest.raises(NotRegularFileError):
+            sniff_kind(tmp_path / "pipe.pdf")
+    assert [d.path.name for d in docs] == ["real.pdf"]
+    assert errors == []
+
+
+def test_symlink_loop_and_dangling_link_in_a_folder_are_named_failures(tmp_path: Path) -> None:
+    make_pdf(tmp_path / "good.pdf")
+    os.symlink(tmp_path / "loop.pdf", tmp_path / "loop.pdf")
+    os.symlink(tmp_path / "gone.pdf", tmp_path / "dangling.pdf")
+    docs, errors = expand_inputs([str(tmp_path), str(tmp_path / "loop.pdf")])
+    assert [d.path.name for d in docs] == ["good.pdf"]
+    assert [(Path(e.path).name, e.kind, e.detail) for e in errors] == [
+        ("dangling.pdf", "missing", "broken symbolic link"),
+        ("loop.pdf", "unreadable", "Too many levels of symbolic links"),
+    ]
+
+
+def test_permission_denied_and_vanished_files_while_listing_are_named_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_pdf(tmp_path / "ok" / "a.pdf")
+    (tmp_path / "locked").mkdir()
+    real_scandir, real_walk = os.scandir, os.walk
+
+    def scandir(path: object = ".") -> object:
+        if os.fspath(path).endswith("locked"):  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", os.fspath(path))  # type: ignore[arg-type]
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    def walk(top: object, **kw: object) -> object:
+        for root, dirs, files in real_walk(top, **kw):  # type: ignore[arg-type]
+            yield root, dirs, files + (["vanished.pdf"] if root.endswith("ok") else [])
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "walk", walk)
+    docs, errors = expand_inputs([str(tmp_path)])
+    assert [d.path.name for d in docs] == ["a.pdf"]
+    assert [(os.path.relpath(e.path, tmp_path), e.kind, e.detail) for e in errors] == [
+        ("locked", "unreadable", "Permission denied"),
+        ("ok/vanished.pdf", "missing", "No such file or directory"),
+    ]
+
+
+def test_non_utf8_names_in_a_folder_are_expanded_and_displayed(tmp_path: Path) -> None:
+    os.rename(make_pdf(tmp_path / "x.pdf"), os.fsencode(tmp_path) + b"/r\xe9sum\xe9.pdf")
+    docs, errors = expand_inputs([str(tmp_path)], base=tmp_path)
+    assert errors == []
+    assert [os.fsencode(d.display) for d in docs] == [os.fsencode(tmp_path) + b"/r\xe9sum\xe9.pdf"]
+    assert rels(docs) == ["r_sum_.pdf~" + hashlib.sha256(b"r\xe9sum\xe9.pdf").hexdigest()[:8]]

@@ -72,7 +72,7 @@ import re
 import stat
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
@@ -165,8 +165,7 @@ def _kind_from_bytes(head: bytes) -> DocKind | None:
     if head.startswith(b"%PDF-"):
         return "pdf"
     if (
-        head.startswith(b"\x89PNG\r\n\x1a\n")
-        or head.startswith(b"\xff\xd8\xff")
+        head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"))
         or head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
         or head[:6] in (b"GIF87a", b"GIF89a")
         or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
@@ -174,9 +173,9 @@ def _kind_from_bytes(head: bytes) -> DocKind | None:
         return "image"
     if b"%PDF-" in head:
         return "pdf"
-    if head[:2] == b"BM" and len(head) >= 18:
-        if int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
-            return "image"
+    bmp_header = int.from_bytes(head[14:18], "little")
+    if head[:2] == b"BM" and len(head) >= 18 and bmp_header in _BMP_HEADER_SIZES:
+        return "image"
     return None
 
 
@@ -234,8 +233,10 @@ def _safe_parts(parts: Sequence[str], *, top: bool) -> PurePosixPath:
     last = len(parts) - 1
     for i, part in enumerate(parts):
         folded = part.casefold()
-        reserved = top and i == 0 and (
-            folded in RESERVED_TOP_LEVEL or (i == last and folded in _RESERVED_TOP_STEMS)
+        reserved = (
+            top
+            and i == 0
+            and (folded in RESERVED_TOP_LEVEL or (i == last and folded in _RESERVED_TOP_STEMS))
         )
         limit = MAX_NAME_BYTES if i == last else MAX_COMPONENT_BYTES
         out.append(safe_component(part, limit=limit, reserved=reserved))
@@ -267,8 +268,13 @@ def _real_folder(path: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
+def _candidates(naming: str) -> Iterator[str]:
+    yield naming
+    yield _real_folder(naming)  # only computed when the lexical path is outside the base
+
+
 def _rel_from(naming: str, bases: tuple[str, ...]) -> PurePosixPath:
-    for candidate in (naming, _real_folder(naming)):
+    for candidate in _candidates(naming):
         for base in bases:
             if _inside(candidate, base):
                 return _safe_parts(Path(os.path.relpath(candidate, base)).parts, top=True)
@@ -327,12 +333,13 @@ class _OutputFolders:
 
     def __init__(self, out: Path | None) -> None:
         self.out_id: tuple[int, int] | None = None
-        if out is not None:
+        for spelling in (out, _lexical(out)) if out is not None else ():
             try:
-                info = os.stat(out)
-                self.out_id = (info.st_dev, info.st_ino)
+                info = os.stat(spelling)
             except (OSError, ValueError):
-                pass  # not there yet: nothing can be it
+                continue  # not there (yet): nothing can be it
+            self.out_id = (info.st_dev, info.st_ino)
+            break
         self._cache: dict[str, bool] = {}
 
     def is_root(self, folder: str) -> bool:
@@ -465,7 +472,9 @@ class _Expander:
             current = os.path.join(current, part)
             if part == ".." or not os.path.isdir(current):
                 continue
-            if self.prunes(current, part, in_output):
+            if in_output and part.endswith(_FIGURE_FOLDER_SUFFIX):
+                return True
+            if self.outputs.is_root(current):
                 return True
         return False
 
@@ -610,4 +619,3 @@ def expand_inputs(
     )
     docs = [Document(f.path, f.display, rel, f.kind) for f, rel in zip(found, rels, strict=True)]
     return docs, expander.errors
-

@@ -31,7 +31,8 @@ _CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")
 
 
 def screen(text: str) -> list[str]:
-    """What a terminal shows after `text`: handles \\r, \\n, erase-line and cursor-up, drops colours."""
+    """What a terminal shows after `text`: handles \\r, \\n, erase-line and cursor-up;
+    colours are dropped."""
     rows: list[list[str]] = [[]]
     row = col = 0
     i = 0
@@ -57,7 +58,7 @@ def screen(text: str) -> list[str]:
                 rows.append([])
         else:
             line = rows[row]
-            line[col:col + 1] = [char]
+            line[col : col + 1] = [char]
             col += 1
     return ["".join(r).rstrip() for r in rows if "".join(r).strip()]
 
@@ -104,7 +105,9 @@ def test_json_log_lines_carry_file_and_kind():
 def test_json_lines_merge_fields_and_keep_a_traceback_on_one_line():
     stream = io.StringIO()
     logger = setup_logging(0, "json", stream)
-    logger.info("summary", extra={"event": "summary", "fields": {"exit_code": 3, "message": "not this"}})
+    logger.info(
+        "summary", extra={"event": "summary", "fields": {"exit_code": 3, "message": "not this"}}
+    )
     try:
         raise ValueError("boom")
     except ValueError:
@@ -112,7 +115,9 @@ def test_json_lines_merge_fields_and_keep_a_traceback_on_one_line():
     first, second = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert (first["event"], first["exit_code"], first["message"]) == ("summary", 3, "summary")
     assert second["message"] == "internal error"
-    assert second["traceback"].startswith("Traceback") and second["traceback"].endswith("ValueError: boom")
+    assert second["traceback"].startswith("Traceback") and second["traceback"].endswith(
+        "ValueError: boom"
+    )
 
 
 def test_json_progress_lines_are_json_even_on_a_terminal():
@@ -125,8 +130,17 @@ def test_json_progress_lines_are_json_even_on_a_terminal():
     view.close()
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert len(records) == 1
-    fields = {k: records[0][k] for k in ("event", "documents_done", "documents_total", "pages_done", "pages_total")}
-    assert fields == {"event": "progress", "documents_done": 0, "documents_total": 1, "pages_done": 1, "pages_total": 2}
+    fields = {
+        k: records[0][k]
+        for k in ("event", "documents_done", "documents_total", "pages_done", "pages_total")
+    }
+    assert fields == {
+        "event": "progress",
+        "documents_done": 0,
+        "documents_total": 1,
+        "pages_done": 1,
+        "pages_total": 2,
+    }
     assert records[0]["pages_total_final"] is False
 
 
@@ -181,7 +195,7 @@ def test_log_lines_appear_whole_above_the_live_bar():
 
 
 def test_a_raw_write_behind_the_bar_would_be_cut():
-    """The check above can fail: a line written straight to the stream lands inside the bar's line."""
+    """The check above can fail: a line written straight to the stream lands in the bar's line."""
     stream = FakeTerminal()
     view = ProgressView(enabled=True, stream=stream)
     view.start(documents=1)

@@ -101,7 +101,9 @@ def setup_logging(verbosity: int, log_format: str, stream: TextIO | None = None)
 
 def errors_logged() -> int:
     """Error records written since `setup_logging` (0 when logging was never set up)."""
-    return sum(h.errors for h in logging.getLogger(LOGGER).handlers if isinstance(h, ConsoleHandler))
+    return sum(
+        h.errors for h in logging.getLogger(LOGGER).handlers if isinstance(h, ConsoleHandler)
+    )
 
 
 def _route_logs(stream: TextIO, console: Console | None) -> None:
@@ -130,7 +132,9 @@ class ProgressView:
     `bar=False` forces the plain lines (used for `--log-format json`, where every line is JSON).
     """
 
-    def __init__(self, enabled: bool, stream: TextIO | None = None, every: float = 10.0, bar: bool = True) -> None:
+    def __init__(
+        self, enabled: bool, stream: TextIO | None = None, every: float = 10.0, bar: bool = True
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = bar and bool(getattr(self.stream, "isatty", lambda: False)())
@@ -165,7 +169,9 @@ class ProgressView:
             )
             self._bar.start()
             self._docs_task = self._bar.add_task("documents", total=documents, rate="")
-            self._pages_task = self._bar.add_task("pages", total=None, rate="", announced=0, known=False)
+            self._pages_task = self._bar.add_task(
+                "pages", total=None, rate="", announced=0, known=False
+            )
             _route_logs(self.stream, console)
             self._bar.refresh()
 
@@ -184,14 +190,20 @@ class ProgressView:
             # An open total stays None for rich, so the bar pulses and no ETA is guessed from it.
             total = self.pages_total if self.pages_final else None
             self._bar.update(
-                self._pages_task, total=total, announced=self.pages_total, known=self.pages_final, refresh=True
+                self._pages_task,
+                total=total,
+                announced=self.pages_total,
+                known=self.pages_final,
+                refresh=True,
             )
 
     def pages_finished(self, count: int) -> None:
         self.pages_done += count
         rate = self.pages_done / max(time.perf_counter() - self.started, 1e-9)
         if self._bar is not None:
-            self._bar.update(self._pages_task, advance=count, rate=f"{rate:.2f} pages/s", refresh=True)
+            self._bar.update(
+                self._pages_task, advance=count, rate=f"{rate:.2f} pages/s", refresh=True
+            )
         self._maybe_line(rate)
 
     def document_finished(self) -> None:
@@ -207,7 +219,10 @@ class ProgressView:
         pages = count_label(self.pages_done, self.pages_total, self.pages_final)
         logging.getLogger(LOGGER).info(
             "progress: %d/%d documents, %s pages, %.2f pages/s",
-            self.docs_done, self.docs_total, pages, rate,
+            self.docs_done,
+            self.docs_total,
+            pages,
+            rate,
             extra={
                 "event": "progress",
                 "fields": {

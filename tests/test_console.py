@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+import warnings
 
 import pytest
 
@@ -17,6 +18,8 @@ from ocrprune.console import ProgressView, count_label, errors_logged, setup_log
 @pytest.fixture(autouse=True)
 def _no_handlers_left():
     yield
+    logging.getLogger("ocrprune").handlers.clear()
+    setup_logging(0, "text", io.StringIO())  # releases Python warnings if a test captured them
     logging.getLogger("ocrprune").handlers.clear()
 
 
@@ -118,6 +121,17 @@ def test_json_lines_merge_fields_and_keep_a_traceback_on_one_line():
     assert second["traceback"].startswith("Traceback") and second["traceback"].endswith(
         "ValueError: boom"
     )
+
+
+def test_json_logs_turn_python_warnings_into_json_lines():
+    stream = io.StringIO()
+    setup_logging(0, "json", stream)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("old API", DeprecationWarning, stacklevel=1)
+    record = json.loads(stream.getvalue())
+    assert record["level"] == "warning"
+    assert "DeprecationWarning: old API" in record["message"]
 
 
 def test_json_progress_lines_are_json_even_on_a_terminal():

@@ -96,7 +96,18 @@ def setup_logging(verbosity: int, log_format: str, stream: TextIO | None = None)
     logger.addHandler(handler)
     logger.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
     logger.propagate = False
+    _capture_warnings(handler if log_format == "json" else None)
     return logger
+
+
+def _capture_warnings(handler: logging.Handler | None) -> None:
+    """With JSON logs, Python warnings from any library become JSON lines too (else: untouched)."""
+    logging.captureWarnings(handler is not None)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers.clear()
+    if handler is not None:
+        warnings_logger.addHandler(handler)
+        warnings_logger.propagate = False
 
 
 def errors_logged() -> int:

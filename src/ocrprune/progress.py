@@ -1,5 +1,10 @@
 """The progress interface the pipeline and the sweep report to (the CLI's `console.ProgressView`
-implements it); stdlib only, so core code never depends on how progress is shown."""
+implements it); stdlib only, so core code never depends on how progress is shown.
+
+Call order: `start(documents)`, then `pages_known(n)` as each document opens, `all_pages_known()`
+once every document has been opened (until then a display marks the pages total as open, e.g.
+`12/40+`), `pages_finished(n)` and `document_finished()` as work completes, and `close()`.
+"""
 
 from __future__ import annotations
 

@@ -484,9 +484,6 @@ def convert(
         )
     secret = resolve_password(password, password_file)
     setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
-    # RunConfig.null_input comes with the lead's config change; pass it only when asked for so
-    # the rest works before that lands (then this is simply `null_input=null`).
-    null_kwargs = {"null_input": True} if null else {}
     config = RunConfig(
         inputs=tuple(inputs),
         out=out,
@@ -514,7 +511,7 @@ def convert(
         retry_failed=retry_failed,
         fail_fast=fail_fast,
         base=base,
-        **null_kwargs,  # type: ignore[arg-type]
+        null_input=null,  # type: ignore[arg-type]
     )
     raise typer.Exit(_run_convert(config, quiet, log_format))
 

@@ -208,9 +208,6 @@ class ProgressView:
                 refresh=True,
             )
 
-    def all_pages_known(self) -> None:  # TEMP until cli merge
-        pass
-
     def pages_finished(self, count: int) -> None:
         self.pages_done += count
         rate = self.pages_done / max(time.perf_counter() - self.started, 1e-9)

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import resource
+import secrets
 import signal
 import stat
 import sys
@@ -189,7 +190,10 @@ class _Run:
         self.nothing_to_do = False
         self.output_ready = False
         self.pending_records: list[DocResult] = []  # stdout: failures emitted once run_info is known
-        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+        # Sortable by start time, unique even for two runs in the same second.
+        now = time.time_ns()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now // 1000 % 10**6:06d}Z"
+        self.run_id = f"{stamp}-{os.getpid()}-{secrets.token_hex(2)}"
         self.stack = contextlib.ExitStack()
 
     # -- documents ---------------------------------------------------------------------------

@@ -104,7 +104,8 @@ def exit_code_for(summary: RunSummary) -> ExitCode | int:
         return ExitCode.OK  # nothing to do (an empty inbox) is not an error
     by_status = dict(summary.pages_by_status)
     produced = sum(by_status.get(s, 0) for s in TIMED_STATUSES)
-    if produced == 0 and summary.documents_ok == 0:
+    skipped_ok = summary.documents_skipped - summary.documents_skipped_not_ok
+    if produced == 0 and summary.documents_ok == 0 and skipped_ok == 0:
         return ExitCode.NOTHING_SUCCEEDED
     bad_pages = sum(n for status, n in by_status.items() if status != "ok")
     if summary.documents_failed > 0 or bad_pages > 0:

@@ -45,11 +45,12 @@ class InputError(OcrpruneError):
     def __init__(self, path: str, kind: str, detail: str, page: int | None = None) -> None:
         self.path = path
         self.kind = kind
-        self.detail = detail
+        # Library messages can quote undecodable names or span lines: keep every report one line.
+        self.detail = escape_name(detail)
         self.page = page
         shown = escape_name(path)
         where = shown if page is None else f"{shown} page {page}"
-        super().__init__(f"{where}: {kind}: {detail}")
+        super().__init__(f"{where}: {kind}: {self.detail}")
 
     def __reduce__(self) -> tuple[object, ...]:
         # Picklable (render workers and other processes send these back): rebuild from the fields.

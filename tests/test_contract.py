@@ -15,10 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from docgen import make_pdf
 from typer.testing import CliRunner
 
-from docgen import make_pdf
 from ocrprune import pipeline
 from ocrprune.cli import app
 from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig, RunConfig
@@ -420,8 +419,8 @@ def test_an_input_that_once_converted_and_now_fails_loses_its_stale_outputs(tmp_
 
 
 def test_a_render_error_names_the_file_and_page_once(tmp_path):
-    from ocrprune.raster import RenderedPage
     from ocrprune.errors import InputError
+    from ocrprune.raster import RenderedPage
 
     run = pipeline._Run(RunConfig(inputs=(), out=tmp_path), pipeline.NoProgress(), None, None)
     error = InputError("a.pdf", "render_error", "bad content stream", page=3)

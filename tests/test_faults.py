@@ -10,11 +10,9 @@ import json
 import os
 from pathlib import Path
 
-import pytest
+from test_contract import ScriptedEngine, pdf_with_sizes, run_scripted, statuses
 
 from ocrprune import pipeline
-from ocrprune.inputs import Document
-from test_contract import ScriptedEngine, pdf_with_sizes, run_scripted, statuses
 
 
 def _vanish_after_listing(monkeypatch, victim: Path, action) -> None:

@@ -46,7 +46,16 @@ from .inputs import Document, expand_inputs, fallback_rel
 from .loops import ends_in_loop
 from .names import escape_name
 from .progress import NoProgress, ProgressSink
-from .records import DocResult, KeepInfo, PageResult, RunInfo, RunSummary, Timings, page_from_record, page_to_record
+from .records import (
+    DocResult,
+    KeepInfo,
+    PageResult,
+    RunInfo,
+    RunSummary,
+    Timings,
+    page_from_record,
+    page_to_record,
+)
 from .report import build_report, exit_code_for, pages_csv, summarize
 from .resume import expected_revision, output_options
 from .writers import files
@@ -185,7 +194,7 @@ class _Run:
         self.single_stdout_doc = False
         self.options: dict[str, Any] = {}
         self.revision: str | None = None
-        self.dtype_name = config.model.dtype
+        self.dtype_name: str = config.model.dtype
         self.inputs_total = 0
         self.nothing_to_do = False
         self.output_ready = False

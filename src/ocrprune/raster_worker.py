@@ -1,0 +1,289 @@
+"""The render process: documents are opened and pages rendered in a child process.
+
+Why a process: a page whose content inflates to hundreds of MB can keep MuPDF busy for minutes,
+inside C code that no thread can interrupt; a damaged file can crash the renderer. In a child, a
+page over the time limit is stopped by killing the process (it holds nothing worth saving), a
+crash costs that page, and Ctrl-C never waits for a render.
+
+* `RenderWorker` (parent side) sends one request at a time and waits for the reply, at most
+  `timeout` seconds, checking its stop event every 0.1 s; it raises `WorkerTimeout`,
+  `WorkerDied` or `WorkerStopped`. The next request after a kill starts a fresh process.
+* Pages travel as raw RGB bytes plus their size over a pipe (no PNG encode or pickle of pixels).
+* Start method: `forkserver` (a clean server process started once, with the renderers preloaded,
+  so a restart costs milliseconds), `spawn` where it is missing; never `fork` (the parent has
+  torch threads).
+* The child ignores SIGINT (Ctrl-C is the parent's to handle) and, on Linux, is SIGKILLed by the
+  kernel when its parent (the fork server, which exits with the run) dies, so no orphan keeps
+  rendering after the run is gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from PIL import Image
+
+from ocrprune.errors import InputError
+from ocrprune.raster_base import RenderedPage, describe
+
+PROCESS_NAME = "ocrprune-render"
+START_TIMEOUT = 120.0  # seconds a fresh render process may take to report ready
+_POLL = 0.1
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerTimeout(Exception):
+    """The request took longer than its time limit; the process was killed."""
+
+
+class WorkerDied(Exception):
+    """The render process ended while handling a request (a crash, or killed from outside)."""
+
+
+class WorkerUnavailable(RuntimeError):
+    """A render process could not be started at all."""
+
+
+class WorkerStopped(Exception):
+    """The stream is closing; the process was killed."""
+
+
+def refuse_inside_worker() -> None:
+    """Fail fast when a render process is re-running the main script.
+
+    Like any `spawn`/`forkserver` code, a script using `PageStream` must guard its entry point
+    with `if __name__ == "__main__":`; without it, each render process would re-run the script."""
+    if multiprocessing.current_process().name == PROCESS_NAME:
+        raise RuntimeError(
+            "PageStream started inside the render process: guard the main script with "
+            "'if __name__ == \"__main__\":'"
+        )
+
+
+def _context() -> Any:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["ocrprune.raster"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class RenderWorker:
+    """A render process driven by one thread; `kill` may be called from any thread."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._conn: Connection | None = None
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None else None
+
+    def call(self, request: tuple[Any, ...], timeout: float | None) -> tuple[Any, ...]:
+        """Send `request` and return the reply; kills the process on timeout or stop."""
+        conn = self._ensure()
+        try:
+            conn.send(request)
+        except (OSError, ValueError):
+            raise self._died() from None
+        self._wait(conn, timeout)
+        try:
+            reply: tuple[Any, ...] = conn.recv()
+        except (EOFError, OSError):
+            raise self._died() from None
+        return reply
+
+    def recv_bytes(self) -> bytes:
+        """The pixel data that follows a page reply (sent at once, so no time limit applies)."""
+        assert self._conn is not None
+        try:
+            return self._conn.recv_bytes()
+        except (EOFError, OSError):
+            raise self._died() from None
+
+    def kill(self) -> None:
+        """Kill the process now (thread-safe; the owning thread notices and cleans up)."""
+        with self._lock:
+            proc = self._proc
+        if proc is not None and proc.pid is not None:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def shutdown(self) -> None:
+        """Stop the process and release the pipe (owning thread only)."""
+        with self._lock:
+            proc, conn = self._proc, self._conn
+            self._proc, self._conn = None, None
+        if proc is not None:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5.0)
+        if conn is not None:
+            conn.close()
+
+    def _ensure(self) -> Connection:
+        if self._conn is not None and self._proc is not None and self._proc.is_alive():
+            return self._conn
+        self.shutdown()
+        ctx = _context()
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=serve, args=(child,), name=PROCESS_NAME, daemon=True)
+        with self._lock:
+            self._proc, self._conn = proc, parent
+        try:
+            proc.start()
+        except Exception as exc:  # noqa: BLE001 - no process at all: say why, once
+            self.shutdown()
+            raise WorkerUnavailable(f"cannot start a render process: {describe(exc)}") from None
+        finally:
+            child.close()
+        try:
+            self._wait(parent, START_TIMEOUT)
+            ready = parent.recv()
+        except (WorkerDied, WorkerTimeout, EOFError, OSError) as exc:
+            self.shutdown()
+            why = str(exc) or "it exited before it was ready"
+            raise WorkerUnavailable(f"the render process did not start: {why}") from None
+        if ready[0] != "ready":
+            self.shutdown()
+            raise WorkerUnavailable("the render process did not start")
+        return parent
+
+    def _wait(self, conn: Connection, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._stop.is_set():
+                self.shutdown()
+                raise WorkerStopped()
+            step = _POLL
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.shutdown()
+                    raise WorkerTimeout()
+                step = min(step, left)
+            try:
+                if conn.poll(step):
+                    return
+            except (OSError, ValueError):
+                raise self._died() from None
+
+    def _died(self) -> Exception:
+        proc = self._proc
+        code = None
+        if proc is not None:
+            proc.join(1.0)
+            code = proc.exitcode
+        self.shutdown()
+        if self._stop.is_set():
+            return WorkerStopped()
+        return WorkerDied(_exit_text(code))
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "the render process stopped answering"
+    if code < 0:
+        try:
+            return f"the render process died ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"the render process died (signal {-code})"
+    return f"the render process exited with status {code}"
+
+
+def page_from_reply(reply: tuple[Any, ...], worker: RenderWorker, display: str) -> RenderedPage:
+    """Turn a `page` or `error` reply into a RenderedPage (reading the pixels for `page`)."""
+    if reply[0] == "page":
+        _, page_no, render_ms, dpi, size = reply
+        data = worker.recv_bytes()
+        image = Image.frombytes("RGB", size, data)
+        return RenderedPage(page_no, image, render_ms, None, dpi)
+    _, page_no, render_ms, kind, detail = reply
+    return RenderedPage(page_no, None, render_ms, InputError(display, kind, detail, page=page_no))
+
+
+# --- the child ------------------------------------------------------------------------------------
+
+
+def serve(conn: Connection) -> None:
+    """The render process's loop: open / render / probe / close requests until EOF."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ocrprune.raster import open_document
+
+    opened: Any = None
+    conn.send(("ready", os.getpid()))
+    try:
+        while True:
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                return
+            op = request[0]
+            if op in ("open", "close") and opened is not None:
+                opened.close()
+                opened = None
+            if op == "open":
+                try:
+                    opened = open_document(request[1], request[2])
+                except InputError as exc:
+                    conn.send(("failed", exc.kind, exc.detail))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - reported as the document's failure
+                    conn.send(("failed", "internal", describe(exc)))
+                    continue
+                trailing = opened.trailing_error
+                conn.send((
+                    "opened",
+                    tuple(opened.page_numbers),
+                    opened.page_count,
+                    opened.readable_pages,
+                    None if trailing is None else (trailing.kind, trailing.detail),
+                ))
+            elif op == "render":
+                _send_page(conn, opened.render(request[1]))
+            elif op == "probe":
+                conn.send(("probed", opened.probe(request[1])))
+            elif op != "close":
+                return
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _send_page(conn: Connection, page: RenderedPage) -> None:
+    if page.image is None:
+        error = page.error
+        kind, detail = (error.kind, error.detail) if error is not None else ("render_error", "no image")
+        conn.send(("error", page.page, page.render_ms, kind, detail))
+        return
+    image = page.image if page.image.mode == "RGB" else page.image.convert("RGB")
+    conn.send(("page", page.page, page.render_ms, page.dpi, image.size))
+    conn.send_bytes(image.tobytes())
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies; elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)

@@ -36,6 +36,7 @@ from ocrprune.raster_base import (
     CLAIMED_PAGES_CAP,
     InputFile,
     OpenedDocument,
+    Pixels,
     RenderedPage,
     capped_scale,
     describe,
@@ -76,12 +77,14 @@ __all__ = [
     "Opener",
     "PageRendered",
     "PageStream",
+    "Pixels",
     "RenderedPage",
     "StreamEvent",
     "capped_scale",
     "check_renderer",
     "load_image_page",
     "open_document",
+    "pdf_page_pixmap",
     "pixel_size",
     "rasterize_pdf_page",
     "select_pages",
@@ -121,6 +124,15 @@ def rasterize_pdf_page(
     """Render one PDF page (its /Rotate honoured) to RGB at `dpi`, lowered to fit `max_pixels`.
 
     Returns the image and the dpi actually used. The image is built from the raw samples."""
+    pix, used = pdf_page_pixmap(page, dpi, max_pixels)
+    image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples, "raw", "RGB", pix.stride)
+    return image, used
+
+
+def pdf_page_pixmap(
+    page: pymupdf.Page, dpi: float, max_pixels: int
+) -> tuple[pymupdf.Pixmap, float]:
+    """MuPDF's RGB pixmap of one page at `dpi` (lowered to fit `max_pixels`), and the dpi used."""
     rect = page.rect
     if rect.width <= 0 or rect.height <= 0:
         raise ValueError(f"the page has an empty size ({rect.width:g} x {rect.height:g} pt)")
@@ -128,8 +140,7 @@ def rasterize_pdf_page(
     pix = page.get_pixmap(
         matrix=pymupdf.Matrix(scale, scale), alpha=False, colorspace=pymupdf.csRGB
     )
-    image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples, "raw", "RGB", pix.stride)
-    return image, scale * 72.0
+    return pix, scale * 72.0
 
 
 class _PdfDocument(OpenedDocument):
@@ -173,6 +184,16 @@ class _PdfDocument(OpenedDocument):
         assert self._pdf is not None, "document is closed"
         page = self._pdf.load_page(page_no - 1)
         return rasterize_pdf_page(page, float(self.cfg.dpi), self.cfg.max_pixels)
+
+    def _pixels(self, page_no: int) -> Pixels:
+        assert self._pdf is not None, "document is closed"
+        page = self._pdf.load_page(page_no - 1)
+        pix, dpi = pdf_page_pixmap(page, float(self.cfg.dpi), self.cfg.max_pixels)
+        if pix.stride != pix.width * 3:  # rows padded: let Pillow repack them
+            size = (pix.width, pix.height)
+            image = Image.frombytes("RGB", size, pix.samples, "raw", "RGB", pix.stride)
+            return Pixels(page_no, size, image.tobytes(), dpi)
+        return Pixels(page_no, (pix.width, pix.height), pix.samples_mv, dpi, owner=pix)
 
     def close(self) -> None:
         if self._pdf is not None:

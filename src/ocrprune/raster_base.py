@@ -15,7 +15,7 @@ import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import Image
 
@@ -75,6 +75,19 @@ def pixel_size(width: float, height: float, scale: float) -> tuple[int, int]:
     )
 
 
+@dataclass
+class Pixels:
+    """A rendered page as packed RGB bytes (`data`, width * 3 bytes a row); `owner` keeps the
+    memory `data` points into alive."""
+
+    page: int
+    size: tuple[int, int]
+    data: Any
+    dpi: float
+    owner: Any = None
+    render_ms: float = 0.0
+
+
 def ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
@@ -112,18 +125,39 @@ class OpenedDocument:
 
     def render(self, page_no: int) -> RenderedPage:
         """Render one page; a failure becomes `RenderedPage.error` (kind `render_error`)."""
-        if not 1 <= page_no <= self.page_count:
-            raise ValueError(f"page {page_no} is outside 1..{self.page_count}")
+        self._check(page_no)
         start = time.perf_counter()
         try:
             image, dpi = self._render(page_no)
-        except Image.DecompressionBombError as exc:
-            error = InputError(self.doc.display, "too_large", str(exc), page=page_no)
-            return RenderedPage(page_no, None, ms_since(start), error)
         except Exception as exc:  # the per-page boundary: one bad page must not stop the others
-            error = InputError(self.doc.display, "render_error", describe(exc), page=page_no)
-            return RenderedPage(page_no, None, ms_since(start), error)
+            return self._failed(page_no, exc, start)
         return RenderedPage(page_no, image, ms_since(start), None, dpi)
+
+    def render_pixels(self, page_no: int) -> RenderedPage | Pixels:
+        """Like `render`, but a success is the raw RGB pixels (for the render process to send)."""
+        self._check(page_no)
+        start = time.perf_counter()
+        try:
+            pixels = self._pixels(page_no)
+        except Exception as exc:  # the per-page boundary, as in `render`
+            return self._failed(page_no, exc, start)
+        pixels.render_ms = ms_since(start)
+        return pixels
+
+    def _check(self, page_no: int) -> None:
+        if not 1 <= page_no <= self.page_count:
+            raise ValueError(f"page {page_no} is outside 1..{self.page_count}")
+
+    def _failed(self, page_no: int, exc: Exception, start: float) -> RenderedPage:
+        kind = "too_large" if isinstance(exc, Image.DecompressionBombError) else "render_error"
+        detail = str(exc) if kind == "too_large" else describe(exc)
+        error = InputError(self.doc.display, kind, detail, page=page_no)
+        return RenderedPage(page_no, None, ms_since(start), error)
+
+    def _pixels(self, page_no: int) -> Pixels:
+        image, dpi = self._render(page_no)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        return Pixels(page_no, rgb.size, rgb.tobytes(), dpi)
 
     def probe(self, page_no: int) -> str | None:
         """Why page `page_no` cannot even be loaded (cheaply, without rendering), or None."""

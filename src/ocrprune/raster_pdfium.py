@@ -8,7 +8,6 @@ repairs far more damaged files.
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any
 
 from PIL import Image
@@ -16,7 +15,14 @@ from PIL import Image
 from ocrprune.config import RasterConfig
 from ocrprune.errors import InputError, UsageError
 from ocrprune.inputs import Document
-from ocrprune.raster_base import InputFile, OpenedDocument, capped_scale, describe, pixel_size
+from ocrprune.raster_base import (
+    InputFile,
+    OpenedDocument,
+    Pixels,
+    capped_scale,
+    describe,
+    pixel_size,
+)
 
 NEEDS_PDFIUM = "--renderer pdfium needs pypdfium2: pip install 'ocrprune[pdfium]'"
 
@@ -72,6 +78,16 @@ class PdfiumDocument(OpenedDocument):
         finally:
             page.close()
 
+    def _pixels(self, page_no: int) -> Pixels:
+        assert self._pdf is not None, "document is closed"
+        page = self._pdf[page_no - 1]
+        try:
+            bitmap, dpi = _bitmap(page, float(self.cfg.dpi), self.cfg.max_pixels)
+        finally:
+            page.close()
+        size = (bitmap.width, bitmap.height)
+        return Pixels(page_no, size, memoryview(bitmap.buffer).cast("B"), dpi, owner=bitmap)
+
     def close(self) -> None:
         if self._pdf is not None:
             self._pdf.close()
@@ -80,6 +96,17 @@ class PdfiumDocument(OpenedDocument):
 
 def rasterize_pdfium_page(page: Any, dpi: float, max_pixels: int) -> tuple[Image.Image, float]:
     """Render a pypdfium2 page (its /Rotate honoured) to RGB at `dpi`, lowered to fit `max_pixels`."""
+    bitmap, used = _bitmap(page, dpi, max_pixels)
+    try:
+        size = (bitmap.width, bitmap.height)
+        image = Image.frombytes("RGB", size, bytes(bitmap.buffer), "raw", "RGB", bitmap.stride)
+    finally:
+        bitmap.close()
+    return image, used
+
+
+def _bitmap(page: Any, dpi: float, max_pixels: int) -> tuple[Any, float]:
+    """A packed RGB PdfBitmap of the page at exactly MuPDF's pixel size, and the dpi used."""
     import pypdfium2 as pdfium
     import pypdfium2.raw as c
 
@@ -89,15 +116,10 @@ def rasterize_pdfium_page(page: Any, dpi: float, max_pixels: int) -> tuple[Image
     scale = capped_scale(width, height, dpi / 72.0, max_pixels)
     size_x, size_y = pixel_size(width, height, scale)
     bitmap = pdfium.PdfBitmap.new_native(size_x, size_y, c.FPDFBitmap_BGR, rev_byteorder=True)
-    try:
-        bitmap.fill_rect((255, 255, 255, 255), 0, 0, size_x, size_y)
-        flags = c.FPDF_ANNOT | c.FPDF_REVERSE_BYTE_ORDER
-        c.FPDF_RenderPageBitmap(bitmap, page, 0, 0, size_x, size_y, 0, flags)
-        data = ctypes.string_at(bitmap.buffer, bitmap.stride * size_y)
-        image = Image.frombytes("RGB", (size_x, size_y), data, "raw", "RGB", bitmap.stride)
-    finally:
-        bitmap.close()
-    return image, scale * 72.0
+    bitmap.fill_rect((255, 255, 255, 255), 0, 0, size_x, size_y)
+    flags = c.FPDF_ANNOT | c.FPDF_REVERSE_BYTE_ORDER
+    c.FPDF_RenderPageBitmap(bitmap, page, 0, 0, size_x, size_y, 0, flags)
+    return bitmap, scale * 72.0
 
 
 def _open_error(doc: Document, cfg: RasterConfig, exc: Exception, pdfium: Any) -> InputError:

@@ -8,7 +8,8 @@ crash costs that page, and Ctrl-C never waits for a render.
 * `RenderWorker` (parent side) sends one request at a time and waits for the reply, at most
   `timeout` seconds, checking its stop event every 0.1 s; it raises `WorkerTimeout`,
   `WorkerDied` or `WorkerStopped`. The next request after a kill starts a fresh process.
-* Pages travel as raw RGB bytes plus their size over a pipe (no PNG encode or pickle of pixels).
+* Pages travel as raw RGB bytes through a shared file mapping (`SharedPixels`); only a small
+  header goes through the pipe (no PNG encode, no pickling or piping of megabytes).
 * Start method: `forkserver` (a clean server process started once, with the renderers preloaded,
   so a restart costs milliseconds), `spawn` where it is missing; never `fork` (the parent has
   torch threads).
@@ -20,10 +21,12 @@ crash costs that page, and Ctrl-C never waits for a render.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -32,7 +35,7 @@ from typing import Any
 from PIL import Image
 
 from ocrprune.errors import InputError
-from ocrprune.raster_base import RenderedPage, describe
+from ocrprune.raster_base import Pixels, RenderedPage, describe
 
 PROCESS_NAME = "ocrprune-render"
 START_TIMEOUT = 120.0  # seconds a fresh render process may take to report ready
@@ -54,6 +57,66 @@ class WorkerUnavailable(RuntimeError):
 
 class WorkerStopped(Exception):
     """The stream is closing; the process was killed."""
+
+
+class SharedPixels:
+    """A file both processes map: the child writes a page's pixels, the parent copies them out.
+
+    One copy each way instead of pushing megabytes through a pipe. The parent creates the file
+    (in /dev/shm where it exists) and unlinks it as soon as the child has opened it, so nothing
+    is left behind whatever happens. Only the child grows it (page by page, in 8 MiB steps)."""
+
+    STEP = 8 << 20
+
+    def __init__(self, fd: int, path: str | None = None) -> None:
+        self.fd = fd
+        self.path = path
+        self._map: mmap.mmap | None = None
+
+    @classmethod
+    def create(cls) -> SharedPixels:
+        folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        fd, path = tempfile.mkstemp(prefix="ocrprune-pixels-", dir=folder)
+        return cls(fd, path)
+
+    @classmethod
+    def attach(cls, path: str) -> SharedPixels:
+        return cls(os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0)))
+
+    def unlink(self) -> None:
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = None
+
+    def write(self, data: Any, nbytes: int) -> None:
+        """Child: put `nbytes` of `data` at the start, growing the file if needed."""
+        if os.fstat(self.fd).st_size < nbytes:
+            os.ftruncate(self.fd, -(-nbytes // self.STEP) * self.STEP)
+        self._mapped(nbytes)[:nbytes] = data
+
+    def image(self, size: tuple[int, int], nbytes: int) -> Image.Image:
+        """Parent: a copy of the RGB image the child just wrote."""
+        with memoryview(self._mapped(nbytes)) as view:
+            return Image.frombytes("RGB", size, view[:nbytes])
+
+    def _mapped(self, nbytes: int) -> mmap.mmap:
+        if self._map is None or len(self._map) < nbytes:
+            if self._map is not None:
+                self._map.close()
+            self._map = mmap.mmap(self.fd, max(nbytes, os.fstat(self.fd).st_size))
+        return self._map
+
+    def close(self) -> None:
+        self.unlink()
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def refuse_inside_worker() -> None:
@@ -84,6 +147,7 @@ class RenderWorker:
         self._lock = threading.Lock()
         self._proc: Any = None
         self._conn: Connection | None = None
+        self._pixels: SharedPixels | None = None
 
     @property
     def pid(self) -> int | None:
@@ -104,13 +168,10 @@ class RenderWorker:
             raise self._died() from None
         return reply
 
-    def recv_bytes(self) -> bytes:
-        """The pixel data that follows a page reply (sent at once, so no time limit applies)."""
-        assert self._conn is not None
-        try:
-            return self._conn.recv_bytes()
-        except (EOFError, OSError):
-            raise self._died() from None
+    def image(self, size: tuple[int, int], nbytes: int) -> Image.Image:
+        """The pixels of the page the last reply announced."""
+        assert self._pixels is not None
+        return self._pixels.image(size, nbytes)
 
     def kill(self) -> None:
         """Kill the process now (thread-safe; the owning thread notices and cleans up)."""
@@ -125,14 +186,16 @@ class RenderWorker:
     def shutdown(self) -> None:
         """Stop the process and release the pipe (owning thread only)."""
         with self._lock:
-            proc, conn = self._proc, self._conn
-            self._proc, self._conn = None, None
+            proc, conn, pixels = self._proc, self._conn, self._pixels
+            self._proc, self._conn, self._pixels = None, None, None
         if proc is not None:
             if proc.is_alive():
                 proc.kill()
             proc.join(5.0)
         if conn is not None:
             conn.close()
+        if pixels is not None:
+            pixels.close()
 
     def _ensure(self) -> Connection:
         if self._conn is not None and self._proc is not None and self._proc.is_alive():
@@ -140,9 +203,10 @@ class RenderWorker:
         self.shutdown()
         ctx = _context()
         parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=serve, args=(child,), name=PROCESS_NAME, daemon=True)
+        pixels = SharedPixels.create()
+        proc = ctx.Process(target=serve, args=(child, pixels.path), name=PROCESS_NAME, daemon=True)
         with self._lock:
-            self._proc, self._conn = proc, parent
+            self._proc, self._conn, self._pixels = proc, parent, pixels
         try:
             proc.start()
         except Exception as exc:  # noqa: BLE001 - no process at all: say why, once
@@ -157,6 +221,7 @@ class RenderWorker:
             self.shutdown()
             why = str(exc) or "it exited before it was ready"
             raise WorkerUnavailable(f"the render process did not start: {why}") from None
+        pixels.unlink()  # both sides hold it open now
         if ready[0] != "ready":
             self.shutdown()
             raise WorkerUnavailable("the render process did not start")
@@ -207,10 +272,8 @@ def _exit_text(code: int | None) -> str:
 def page_from_reply(reply: tuple[Any, ...], worker: RenderWorker, display: str) -> RenderedPage:
     """Turn a `page` or `error` reply into a RenderedPage (reading the pixels for `page`)."""
     if reply[0] == "page":
-        _, page_no, render_ms, dpi, size = reply
-        data = worker.recv_bytes()
-        image = Image.frombytes("RGB", size, data)
-        return RenderedPage(page_no, image, render_ms, None, dpi)
+        _, page_no, render_ms, dpi, size, nbytes = reply
+        return RenderedPage(page_no, worker.image(size, nbytes), render_ms, None, dpi)
     _, page_no, render_ms, kind, detail = reply
     return RenderedPage(page_no, None, render_ms, InputError(display, kind, detail, page=page_no))
 
@@ -218,13 +281,14 @@ def page_from_reply(reply: tuple[Any, ...], worker: RenderWorker, display: str) 
 # --- the child ------------------------------------------------------------------------------------
 
 
-def serve(conn: Connection) -> None:
+def serve(conn: Connection, pixels_path: str) -> None:
     """The render process's loop: open / render / probe / close requests until EOF."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from ocrprune.raster import open_document
 
     opened: Any = None
+    pixels = SharedPixels.attach(pixels_path)
     conn.send(("ready", os.getpid()))
     try:
         while True:
@@ -254,7 +318,7 @@ def serve(conn: Connection) -> None:
                     None if trailing is None else (trailing.kind, trailing.detail),
                 ))
             elif op == "render":
-                _send_page(conn, opened.render(request[1]))
+                _send_page(conn, opened.render_pixels(request[1]), pixels)
             elif op == "probe":
                 conn.send(("probed", opened.probe(request[1])))
             elif op != "close":
@@ -262,17 +326,18 @@ def serve(conn: Connection) -> None:
     finally:
         if opened is not None:
             opened.close()
+        pixels.close()
 
 
-def _send_page(conn: Connection, page: RenderedPage) -> None:
-    if page.image is None:
+def _send_page(conn: Connection, page: RenderedPage | Pixels, pixels: SharedPixels) -> None:
+    if isinstance(page, RenderedPage):
         error = page.error
         kind, detail = (error.kind, error.detail) if error is not None else ("render_error", "no image")
         conn.send(("error", page.page, page.render_ms, kind, detail))
         return
-    image = page.image if page.image.mode == "RGB" else page.image.convert("RGB")
-    conn.send(("page", page.page, page.render_ms, page.dpi, image.size))
-    conn.send_bytes(image.tobytes())
+    nbytes = page.size[0] * page.size[1] * 3
+    pixels.write(page.data, nbytes)
+    conn.send(("page", page.page, page.render_ms, page.dpi, page.size, nbytes))
 
 
 def _die_with_parent() -> None:

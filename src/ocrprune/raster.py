@@ -158,6 +158,9 @@ class _PdfDocument(OpenedDocument):
             _unlock(pdf, doc, cfg.password)
             claimed, real = _page_counts(pdf, doc)
             if real == 0:
+                if claimed > 0:
+                    detail = f"the page tree claims {claimed} pages but holds none"
+                    raise InputError(doc.display, "corrupt", detail)
                 if pdf.is_repaired:
                     raise InputError(
                         doc.display, "corrupt", "damaged PDF: repaired by MuPDF but no pages found"

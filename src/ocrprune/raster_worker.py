@@ -14,8 +14,9 @@ crash costs that page, and Ctrl-C never waits for a render.
   so a restart costs milliseconds), `spawn` where it is missing; never `fork` (the parent has
   torch threads).
 * The child ignores SIGINT (Ctrl-C is the parent's to handle) and, on Linux, is SIGKILLed by the
-  kernel when its parent (the fork server, which exits with the run) dies, so no orphan keeps
-  rendering after the run is gone.
+  kernel when its parent dies. Its parent is the fork server, which exits as soon as the run's
+  process is gone (the child lets go of the server's keep-alive pipe), so no orphan keeps
+  rendering after the run, even one killed outright.
 """
 
 from __future__ import annotations
@@ -283,6 +284,7 @@ def page_from_reply(reply: tuple[Any, ...], worker: RenderWorker, display: str) 
 
 def serve(conn: Connection, pixels_path: str) -> None:
     """The render process's loop: open / render / probe / close requests until EOF."""
+    _release_fork_server()
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from ocrprune.raster import open_document
@@ -338,6 +340,26 @@ def _send_page(conn: Connection, page: RenderedPage | Pixels, pixels: SharedPixe
     nbytes = page.size[0] * page.size[1] * 3
     pixels.write(page.data, nbytes)
     conn.send(("page", page.page, page.render_ms, page.dpi, page.size, nbytes))
+
+
+def _release_fork_server() -> None:
+    """Drop the fork server's keep-alive pipe, which its children inherit.
+
+    The server exits when no process holds that pipe's write end any more; without this, the
+    render process would keep it alive after the run is gone, and so outlive the run itself."""
+    try:
+        from multiprocessing import forkserver
+
+        server: Any = getattr(forkserver, "_forkserver")
+        fd = server._forkserver_alive_fd
+    except (ImportError, AttributeError):
+        return
+    if isinstance(fd, int):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None
 
 
 def _die_with_parent() -> None:

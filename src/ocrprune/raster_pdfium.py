@@ -40,26 +40,39 @@ def import_pdfium() -> Any:
 class PdfiumDocument(OpenedDocument):
     """A PDF opened with PDFium; pages render at exactly MuPDF's pixel size for the same dpi."""
 
-    def __init__(self, doc: Document, cfg: RasterConfig, pdf: Any, count: int) -> None:
+    def __init__(
+        self, doc: Document, cfg: RasterConfig, pdf: Any, count: int, keep: tuple[Any, ...]
+    ) -> None:
         self._pdf: Any = pdf
+        self._keep = keep  # the file and the read callback PDFium calls; closed after the PDF
         super().__init__(doc, cfg, count)
 
     @classmethod
     def open(cls, doc: Document, cfg: RasterConfig, source: InputFile) -> PdfiumDocument:
         pdfium = import_pdfium()
+        import pypdfium2.internal as internal
+        import pypdfium2.raw as c
+
         fh = source.reader()
         try:
-            pdf = pdfium.PdfDocument(fh, password=cfg.password, autoclose=True)
-        except pdfium.PdfiumError as exc:
-            fh.close()
-            raise _open_error(doc, cfg, exc, pdfium) from None
-        except Exception:
+            reader, hold = internal.get_bufreader(fh)
+            password = None if cfg.password is None else (cfg.password + "\x00").encode("utf-8")
+            raw = c.FPDF_LoadCustomDocument(reader, password)
+            if not raw:  # PDFium's last error is only meaningful right after a failed load
+                raise _open_error(doc, cfg, c.FPDF_GetLastError())
+            pdf = pdfium.PdfDocument(raw)
+        except BaseException:
             fh.close()
             raise
+        keep = (fh, reader, hold)
         try:
-            return cls(doc, cfg, pdf, len(pdf))
+            count = len(pdf)
+            if count < 1:
+                raise InputError(doc.display, "zero_pages", "the PDF has no pages")
+            return cls(doc, cfg, pdf, count, keep)
         except BaseException:
             pdf.close()
+            fh.close()
             raise
 
     def probe(self, page_no: int) -> str | None:
@@ -92,6 +105,7 @@ class PdfiumDocument(OpenedDocument):
         if self._pdf is not None:
             self._pdf.close()
             self._pdf = None
+            self._keep[0].close()
 
 
 def rasterize_pdfium_page(page: Any, dpi: float, max_pixels: int) -> tuple[Image.Image, float]:
@@ -122,16 +136,17 @@ def _bitmap(page: Any, dpi: float, max_pixels: int) -> tuple[Any, float]:
     return bitmap, scale * 72.0
 
 
-def _open_error(doc: Document, cfg: RasterConfig, exc: Exception, pdfium: Any) -> InputError:
+def _open_error(doc: Document, cfg: RasterConfig, code: int) -> InputError:
     import pypdfium2.raw as c
 
-    code = getattr(exc, "err_code", None)
     if code == c.FPDF_ERR_PASSWORD:
         if cfg.password is None:
             return InputError(doc.display, "encrypted", "needs a password; pass --password")
         return InputError(doc.display, "encrypted", "the password given with --password is wrong")
     if code == c.FPDF_ERR_SECURITY:
         return InputError(doc.display, "encrypted", "unsupported security handler")
-    if code == c.FPDF_ERR_SUCCESS:  # PDFium opens it without error but finds no page
-        return InputError(doc.display, "zero_pages", "the PDF has no pages")
-    return InputError(doc.display, "corrupt", f"cannot open as PDF: {exc}")
+    reason = {
+        c.FPDF_ERR_FORMAT: "not a PDF or damaged beyond repair",
+        c.FPDF_ERR_FILE: "the file cannot be read",
+    }.get(code, f"PDFium error {code}")
+    return InputError(doc.display, "corrupt", f"cannot open as PDF: {reason}")

@@ -18,9 +18,9 @@ import time
 from pathlib import Path, PurePosixPath
 
 import pytest
+from docgen import make_pdf
 from PIL import Image
 
-from docgen import make_pdf
 from ocrprune.config import RasterConfig
 from ocrprune.errors import InputError
 from ocrprune.inputs import Document
@@ -101,7 +101,9 @@ def make_slow_pdf(path: Path, depth: int = 6, fan: int = 10) -> Path:
             resources = b"/Resources << /XObject << /X %d 0 R >> >>" % (number + 1)
         else:
             body, resources = b"0.5 w 10 10 m 190 290 l 190 10 l h S", b""
-        objects.append(_stream(body, b"/Type /XObject /Subtype /Form /BBox [0 0 200 300] " + resources))
+        objects.append(
+            _stream(body, b"/Type /XObject /Subtype /Form /BBox [0 0 200 300] " + resources)
+        )
     path.write_bytes(build_pdf(objects))
     return path
 
@@ -224,7 +226,10 @@ def test_a_signal_during_a_slow_render_ends_the_run_and_its_render_process(
     path = make_slow_pdf(tmp_path / "slow.pdf")
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen(
         [sys.executable, str(script), str(path), how],
         stdout=subprocess.PIPE,
@@ -480,3 +485,99 @@ def test_events_reach_the_consumer_in_order_across_documents(tmp_path: Path) -> 
         (2, 3),
     ]
     assert all(isinstance(e, (DocOpened, PageRendered, DocDone)) for e in events)
+
+
+def test_a_render_process_that_dies_costs_only_its_page(tmp_path: Path) -> None:
+    path = make_slow_pdf(tmp_path / "crash.pdf")
+    rows: list[tuple[object, ...]] = []
+    with PageStream([doc_at(path)], RasterConfig(dpi=144, render_timeout=None)) as stream:
+        for ev in stream:
+            if isinstance(ev, DocOpened):  # the render process is on the slow page 1: crash it
+                pid = stream.render_pid
+                assert pid is not None
+                time.sleep(0.2)
+                os.kill(pid, signal.SIGKILL)
+            rows.extend(summary([ev]))
+    assert rows == [
+        ("opened", 2),
+        (
+            "page",
+            1,
+            "crash.pdf page 1: render_error: the render process died (SIGKILL) on this page",
+        ),
+        ("page", 2, (400, 600)),
+        ("done",),
+    ]
+
+
+def test_without_a_render_process_pages_render_in_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import multiprocessing
+
+    import ocrprune.raster_worker as worker
+
+    class NoProcesses:
+        def __init__(self) -> None:
+            self.real = multiprocessing.get_context("spawn")
+
+        def Pipe(self, duplex: bool = True):  # type: ignore[no-untyped-def]  # noqa: N802
+            return self.real.Pipe(duplex=duplex)
+
+        def Process(self, **kwargs: object) -> object:  # noqa: N802
+            class Refused:
+                pid = None
+
+                def start(self) -> None:
+                    raise OSError(11, "Resource temporarily unavailable")
+
+                def is_alive(self) -> bool:
+                    return False
+
+            return Refused()
+
+    monkeypatch.setattr(worker, "_context", NoProcesses)
+    path = make_pdf(tmp_path / "two.pdf", 2, size=(36, 36))
+    rows = summary(list(PageStream([doc_at(path)], RasterConfig(dpi=72))))
+    assert rows == [("opened", 2), ("page", 1, (36, 36)), ("page", 2, (36, 36)), ("done",)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot start a render process: BlockingIOError: [Errno 11] Resource temporarily "
+        "unavailable; rendering in this process, without a render time limit"
+    ]
+
+
+def test_pixels_cross_by_the_shared_mapping_or_else_the_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import multiprocessing
+    import threading
+
+    from ocrprune.raster_base import Pixels
+    from ocrprune.raster_worker import RenderWorker, SharedPixels, _send_page, page_from_reply
+
+    image = Image.frombytes("RGB", (3, 2), bytes(range(0, 36, 2)))
+    pixels = Pixels(7, (3, 2), image.tobytes(), 144.0, render_ms=5.0)
+    parent, child = multiprocessing.Pipe()
+    worker = RenderWorker(threading.Event())
+    shared = SharedPixels.create()
+    worker._conn, worker._pixels = parent, shared  # the parent's side of a running worker
+    try:
+        _send_page(child, pixels, shared)
+        first = parent.recv()
+        assert first == ("page", 7, 5.0, 144.0, (3, 2), 18, True)
+        assert page_from_reply(first, worker, "x").image.tobytes() == image.tobytes()  # type: ignore[union-attr]
+
+        def no_space(fd: int, offset: int, length: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        full = SharedPixels.create()  # a fresh, empty file that cannot grow
+        monkeypatch.setattr(os, "posix_fallocate", no_space)
+        _send_page(child, pixels, full)
+        second = parent.recv()
+        assert second == ("page", 7, 5.0, 144.0, (3, 2), 18, False)
+        page = page_from_reply(second, worker, "x")
+        assert page.image.tobytes() == image.tobytes()  # type: ignore[union-attr]
+        full.close()
+    finally:
+        worker.shutdown()
+        child.close()

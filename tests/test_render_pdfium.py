@@ -10,8 +10,9 @@ import sys
 from pathlib import Path, PurePosixPath
 
 import pytest
-
 from docgen import make_encrypted_pdf, make_garbage_pdf, make_pdf, make_zero_page_pdf
+from test_render_limits import make_lying_pdf, summary
+
 from ocrprune.config import RasterConfig
 from ocrprune.errors import ExitCode, InputError, UsageError
 from ocrprune.inputs import Document
@@ -24,7 +25,6 @@ from ocrprune.raster import (
     check_renderer,
     open_document,
 )
-from test_render_limits import make_lying_pdf, summary
 
 try:
     import pypdfium2  # noqa: F401
@@ -38,8 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "sample_docs").glob("*.pdf"))
 CASES = ROOT.parent / "shared" / "cases"
 ERROR_KINDS = {
-    "empty", "corrupt", "zero_pages", "encrypted", "no_pages_selected", "too_large", "missing",
-    "not_a_document", "unreadable", "render_error",
+    "empty",
+    "corrupt",
+    "zero_pages",
+    "encrypted",
+    "no_pages_selected",
+    "too_large",
+    "missing",
+    "not_a_document",
+    "unreadable",
+    "render_error",
 }
 
 
@@ -83,7 +91,8 @@ def test_both_renderers_give_the_same_page_sizes_on_the_samples(dpi: int) -> Non
         mupdf = render_with(path, "mupdf", dpi=dpi)
         pdfium = render_with(path, "pdfium", dpi=dpi)
         assert [(p.page, p.image.size, p.dpi) for p in pdfium] == [  # type: ignore[union-attr]
-            (p.page, p.image.size, p.dpi) for p in mupdf  # type: ignore[union-attr]
+            (p.page, p.image.size, p.dpi)
+            for p in mupdf  # type: ignore[union-attr]
         ], path.name
 
 
@@ -92,7 +101,13 @@ def test_rotation_odd_sizes_and_the_pixel_cap_give_mupdfs_sizes(tmp_path: Path) 
     import pymupdf
 
     doc = pymupdf.open()
-    boxes = [(72, 144, 90), (200.4, 300.6, 0), (595.276, 841.89, 270), (3.8, 3.8, 0), (612, 792, 180)]
+    boxes = [
+        (72, 144, 90),
+        (200.4, 300.6, 0),
+        (595.276, 841.89, 270),
+        (3.8, 3.8, 0),
+        (612, 792, 180),
+    ]
     for width, height, rotate in boxes:
         page = doc.new_page(width=width, height=height)
         page.draw_rect(pymupdf.Rect(1, 1, width - 1, height - 1), color=(0, 0, 0), fill=(0, 0, 0))
@@ -123,7 +138,10 @@ def test_pdfium_names_the_same_error_kinds_as_mupdf(tmp_path: Path) -> None:
         assert open_error(tmp_path / "empty.pdf", renderer) == (
             "empty.pdf: empty: the file is empty (0 bytes)"
         )
-        assert open_error(tmp_path / "zero.pdf", renderer) == "zero.pdf: zero_pages: the PDF has no pages"
+        assert (
+            open_error(tmp_path / "zero.pdf", renderer)
+            == "zero.pdf: zero_pages: the PDF has no pages"
+        )
         assert open_error(tmp_path / "junk.pdf", renderer).startswith("junk.pdf: corrupt: ")
         assert open_error(locked, renderer) == (
             "locked.pdf: encrypted: needs a password; pass --password"

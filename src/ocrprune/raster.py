@@ -220,7 +220,9 @@ def _open_mupdf(doc: Document, source: InputFile) -> pymupdf.Document:
     except FileNotFoundError:
         raise InputError(doc.display, "missing", "the file no longer exists") from None
     except Exception as exc:  # FileDataError and any other MuPDF open failure
-        raise InputError(doc.display, "corrupt", f"cannot open as PDF: {_mupdf_reason(exc)}") from None
+        raise InputError(
+            doc.display, "corrupt", f"cannot open as PDF: {_mupdf_reason(exc)}"
+        ) from None
 
 
 def _mupdf_reason(exc: BaseException) -> str:

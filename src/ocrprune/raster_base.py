@@ -110,7 +110,8 @@ class OpenedDocument:
             self.trailing_error = InputError(
                 doc.display,
                 "too_large",
-                f"the document claims {page_count} pages; only the first {CLAIMED_PAGES_CAP} were read",
+                f"the document claims {page_count} pages; "
+                f"only the first {CLAIMED_PAGES_CAP} were read",
             )
             page_count = CLAIMED_PAGES_CAP
         self.page_count = page_count

@@ -9,7 +9,7 @@ refused as `too_large` rather than decoded.
 from __future__ import annotations
 
 import math
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -141,13 +141,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _scale_wide_grey(image: Image.Image) -> Image.Image:
     if image.mode == "F":
-        low, high = image.getextrema()
+        _, high = cast(tuple[float, float], image.getextrema())
         if high <= 1.0:
             return image.point(lambda v: v * 255.0).convert("L")
         wide = image
     else:
         wide = image.convert("I") if image.mode != "I" else image
-        low, high = wide.getextrema()
+        _, high = cast(tuple[float, float], wide.getextrema())
     shift = max(0, int(max(high, 0)).bit_length() - 8)
     factor = 1.0 / (1 << shift)
     return wide.point(lambda v: v * factor).convert("L")

@@ -109,7 +109,7 @@ class PdfiumDocument(OpenedDocument):
 
 
 def rasterize_pdfium_page(page: Any, dpi: float, max_pixels: int) -> tuple[Image.Image, float]:
-    """Render a pypdfium2 page (its /Rotate honoured) to RGB at `dpi`, lowered to fit `max_pixels`."""
+    """A pypdfium2 page (its /Rotate honoured) as RGB at `dpi`, lowered to fit `max_pixels`."""
     bitmap, used = _bitmap(page, dpi, max_pixels)
     try:
         size = (bitmap.width, bitmap.height)

@@ -164,7 +164,9 @@ class _ProcessSession:
                 doc.display, "render_error", f"opening {self._limit_text(start)}"
             ) from None
         except WorkerDied as exc:
-            raise InputError(doc.display, "corrupt", f"the renderer crashed opening it: {exc}") from None
+            raise InputError(
+                doc.display, "corrupt", f"the renderer crashed opening it: {exc}"
+            ) from None
         if reply[0] == "failed":
             raise InputError(doc.display, reply[1], reply[2])
         _, numbers, count, readable, trailing = reply
@@ -213,7 +215,8 @@ class _ProcessSession:
         self.worker.shutdown()
 
     def _limit_text(self, start: float) -> str:
-        return f"exceeded the render time limit of {self._timeout:g} s (stopped after {time.monotonic() - start:.1f} s)"
+        took = time.monotonic() - start
+        return f"exceeded the render time limit of {self._timeout:g} s (stopped after {took:.1f} s)"
 
 
 def _same_error(detail: str) -> str:
@@ -367,7 +370,9 @@ class PageStream:
         except WorkerStopped:
             raise
         except Exception as exc:  # never lose a worker failure: report it and go on
-            return self._put(DocFailed(index, doc, InputError(doc.display, "internal", describe(exc))))
+            return self._put(
+                DocFailed(index, doc, InputError(doc.display, "internal", describe(exc)))
+            )
         try:
             if not self._put(DocOpened(index, doc, opened.page_numbers)):
                 return False
@@ -377,7 +382,9 @@ class PageStream:
         except WorkerStopped:
             raise
         except Exception as exc:  # noqa: BLE001
-            return self._put(DocFailed(index, doc, InputError(doc.display, "internal", describe(exc))))
+            return self._put(
+                DocFailed(index, doc, InputError(doc.display, "internal", describe(exc)))
+            )
         finally:
             self._session.close_doc()
 
@@ -404,7 +411,9 @@ class PageStream:
                     f"pages {rest[0]}-{rest[-1]} are not in the PDF's page tree "
                     f"(it claims {opened.page_count} pages and holds {opened.readable_pages})"
                 )
-                return self._put(DocFailed(index, doc, InputError(doc.display, "render_error", detail)))
+                return self._put(
+                    DocFailed(index, doc, InputError(doc.display, "render_error", detail))
+                )
             page = self._session.render(page_no)
             if not self._put(PageRendered(index, doc, page)):
                 return False
@@ -414,7 +423,9 @@ class PageStream:
                     f"pages {rest[0]}-{rest[-1]} were not rendered: they cannot be loaded, like "
                     f"the {run.length} pages before them ({run.detail})"
                 )
-                return self._put(DocFailed(index, doc, InputError(doc.display, "render_error", detail)))
+                return self._put(
+                    DocFailed(index, doc, InputError(doc.display, "render_error", detail))
+                )
         if opened.trailing_error is not None:
             return self._put(DocFailed(index, doc, opened.trailing_error))
         return self._put(DocDone(index, doc))

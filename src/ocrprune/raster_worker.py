@@ -9,7 +9,8 @@ crash costs that page, and Ctrl-C never waits for a render.
   `timeout` seconds, checking its stop event every 0.1 s; it raises `WorkerTimeout`,
   `WorkerDied` or `WorkerStopped`. The next request after a kill starts a fresh process.
 * Pages travel as raw RGB bytes through a shared file mapping (`SharedPixels`); only a small
-  header goes through the pipe (no PNG encode, no pickling or piping of megabytes).
+  header goes through the pipe (no PNG encode, no pickling or piping of megabytes). Where the
+  mapping cannot grow (a small /dev/shm), that page's pixels go through the pipe instead.
 * Start method: `forkserver` (a clean server process started once, with the renderers preloaded,
   so a restart costs milliseconds), `spawn` where it is missing; never `fork` (the parent has
   torch threads).
@@ -92,11 +93,20 @@ class SharedPixels:
                 pass
             self.path = None
 
-    def write(self, data: Any, nbytes: int) -> None:
-        """Child: put `nbytes` of `data` at the start, growing the file if needed."""
+    def write(self, data: Any, nbytes: int) -> bool:
+        """Child: put `nbytes` of `data` at the start; False if the space cannot be reserved
+        (a small /dev/shm, as in containers: writing into an unreserved mapping would SIGBUS)."""
         if os.fstat(self.fd).st_size < nbytes:
-            os.ftruncate(self.fd, -(-nbytes // self.STEP) * self.STEP)
+            size = -(-nbytes // self.STEP) * self.STEP
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(self.fd, 0, size)
+                else:
+                    os.ftruncate(self.fd, size)
+            except OSError:
+                return False
         self._mapped(nbytes)[:nbytes] = data
+        return True
 
     def image(self, size: tuple[int, int], nbytes: int) -> Image.Image:
         """Parent: a copy of the RGB image the child just wrote."""
@@ -169,10 +179,15 @@ class RenderWorker:
             raise self._died() from None
         return reply
 
-    def image(self, size: tuple[int, int], nbytes: int) -> Image.Image:
-        """The pixels of the page the last reply announced."""
-        assert self._pixels is not None
-        return self._pixels.image(size, nbytes)
+    def image(self, size: tuple[int, int], nbytes: int, shared: bool) -> Image.Image:
+        """The pixels of the page the last reply announced (shared mapping, or the pipe)."""
+        assert self._pixels is not None and self._conn is not None
+        if shared:
+            return self._pixels.image(size, nbytes)
+        try:
+            return Image.frombytes("RGB", size, self._conn.recv_bytes())
+        except (EOFError, OSError):
+            raise self._died() from None
 
     def kill(self) -> None:
         """Kill the process now (thread-safe; the owning thread notices and cleans up)."""
@@ -189,7 +204,7 @@ class RenderWorker:
         with self._lock:
             proc, conn, pixels = self._proc, self._conn, self._pixels
             self._proc, self._conn, self._pixels = None, None, None
-        if proc is not None:
+        if proc is not None and proc.pid is not None:  # started
             if proc.is_alive():
                 proc.kill()
             proc.join(5.0)
@@ -273,8 +288,8 @@ def _exit_text(code: int | None) -> str:
 def page_from_reply(reply: tuple[Any, ...], worker: RenderWorker, display: str) -> RenderedPage:
     """Turn a `page` or `error` reply into a RenderedPage (reading the pixels for `page`)."""
     if reply[0] == "page":
-        _, page_no, render_ms, dpi, size, nbytes = reply
-        return RenderedPage(page_no, worker.image(size, nbytes), render_ms, None, dpi)
+        _, page_no, render_ms, dpi, size, nbytes, shared = reply
+        return RenderedPage(page_no, worker.image(size, nbytes, shared), render_ms, None, dpi)
     _, page_no, render_ms, kind, detail = reply
     return RenderedPage(page_no, None, render_ms, InputError(display, kind, detail, page=page_no))
 
@@ -312,13 +327,15 @@ def serve(conn: Connection, pixels_path: str) -> None:
                     conn.send(("failed", "internal", describe(exc)))
                     continue
                 trailing = opened.trailing_error
-                conn.send((
-                    "opened",
-                    tuple(opened.page_numbers),
-                    opened.page_count,
-                    opened.readable_pages,
-                    None if trailing is None else (trailing.kind, trailing.detail),
-                ))
+                conn.send(
+                    (
+                        "opened",
+                        tuple(opened.page_numbers),
+                        opened.page_count,
+                        opened.readable_pages,
+                        None if trailing is None else (trailing.kind, trailing.detail),
+                    )
+                )
             elif op == "render":
                 _send_page(conn, opened.render_pixels(request[1]), pixels)
             elif op == "probe":
@@ -334,12 +351,16 @@ def serve(conn: Connection, pixels_path: str) -> None:
 def _send_page(conn: Connection, page: RenderedPage | Pixels, pixels: SharedPixels) -> None:
     if isinstance(page, RenderedPage):
         error = page.error
-        kind, detail = (error.kind, error.detail) if error is not None else ("render_error", "no image")
+        kind, detail = (
+            (error.kind, error.detail) if error is not None else ("render_error", "no image")
+        )
         conn.send(("error", page.page, page.render_ms, kind, detail))
         return
     nbytes = page.size[0] * page.size[1] * 3
-    pixels.write(page.data, nbytes)
-    conn.send(("page", page.page, page.render_ms, page.dpi, page.size, nbytes))
+    shared = pixels.write(page.data, nbytes)
+    conn.send(("page", page.page, page.render_ms, page.dpi, page.size, nbytes, shared))
+    if not shared:
+        conn.send_bytes(page.data)
 
 
 def _release_fork_server() -> None:
@@ -350,7 +371,7 @@ def _release_fork_server() -> None:
     try:
         from multiprocessing import forkserver
 
-        server: Any = getattr(forkserver, "_forkserver")
+        server: Any = forkserver._forkserver
         fd = server._forkserver_alive_fd
     except (ImportError, AttributeError):
         return

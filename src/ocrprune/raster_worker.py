@@ -1,0 +1,397 @@
+"""The render process: documents are opened and pages rendered in a child process.
+
+Why a process: a page whose content inflates to hundreds of MB can keep MuPDF busy for minutes,
+inside C code that no thread can interrupt; a damaged file can crash the renderer. In a child, a
+page over the time limit is stopped by killing the process (it holds nothing worth saving), a
+crash costs that page, and Ctrl-C never waits for a render.
+
+* `RenderWorker` (parent side) sends one request at a time and waits for the reply, at most
+  `timeout` seconds, checking its stop event every 0.1 s; it raises `WorkerTimeout`,
+  `WorkerDied` or `WorkerStopped`. The next request after a kill starts a fresh process.
+* Pages travel as raw RGB bytes through a shared file mapping (`SharedPixels`); only a small
+  header goes through the pipe (no PNG encode, no pickling or piping of megabytes). Where the
+  mapping cannot grow (a small /dev/shm), that page's pixels go through the pipe instead.
+* Start method: `forkserver` (a clean server process started once, with the renderers preloaded,
+  so a restart costs milliseconds), `spawn` where it is missing; never `fork` (the parent has
+  torch threads).
+* The child ignores SIGINT (Ctrl-C is the parent's to handle) and, on Linux, is SIGKILLed by the
+  kernel when its parent dies. Its parent is the fork server, which exits as soon as the run's
+  process is gone (the child lets go of the server's keep-alive pipe), so no orphan keeps
+  rendering after the run, even one killed outright.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from PIL import Image
+
+from ocrprune.errors import InputError
+from ocrprune.raster_base import Pixels, RenderedPage, describe
+
+PROCESS_NAME = "ocrprune-render"
+START_TIMEOUT = 120.0  # seconds a fresh render process may take to report ready
+_POLL = 0.1
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerTimeout(Exception):
+    """The request took longer than its time limit; the process was killed."""
+
+
+class WorkerDied(Exception):
+    """The render process ended while handling a request (a crash, or killed from outside)."""
+
+
+class WorkerUnavailable(RuntimeError):
+    """A render process could not be started at all."""
+
+
+class WorkerStopped(Exception):
+    """The stream is closing; the process was killed."""
+
+
+class SharedPixels:
+    """A file both processes map: the child writes a page's pixels, the parent copies them out.
+
+    One copy each way instead of pushing megabytes through a pipe. The parent creates the file
+    (in /dev/shm where it exists) and unlinks it as soon as the child has opened it, so nothing
+    is left behind whatever happens. Only the child grows it (page by page, in 8 MiB steps)."""
+
+    STEP = 8 << 20
+
+    def __init__(self, fd: int, path: str | None = None) -> None:
+        self.fd = fd
+        self.path = path
+        self._map: mmap.mmap | None = None
+
+    @classmethod
+    def create(cls) -> SharedPixels:
+        folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        fd, path = tempfile.mkstemp(prefix="ocrprune-pixels-", dir=folder)
+        return cls(fd, path)
+
+    @classmethod
+    def attach(cls, path: str) -> SharedPixels:
+        return cls(os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0)))
+
+    def unlink(self) -> None:
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = None
+
+    def write(self, data: Any, nbytes: int) -> bool:
+        """Child: put `nbytes` of `data` at the start; False if the space cannot be reserved
+        (a small /dev/shm, as in containers: writing into an unreserved mapping would SIGBUS)."""
+        if os.fstat(self.fd).st_size < nbytes:
+            size = -(-nbytes // self.STEP) * self.STEP
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(self.fd, 0, size)
+                else:
+                    os.ftruncate(self.fd, size)
+            except OSError:
+                return False
+        self._mapped(nbytes)[:nbytes] = data
+        return True
+
+    def image(self, size: tuple[int, int], nbytes: int) -> Image.Image:
+        """Parent: a copy of the RGB image the child just wrote."""
+        with memoryview(self._mapped(nbytes)) as view:
+            return Image.frombytes("RGB", size, view[:nbytes])
+
+    def _mapped(self, nbytes: int) -> mmap.mmap:
+        if self._map is None or len(self._map) < nbytes:
+            if self._map is not None:
+                self._map.close()
+            self._map = mmap.mmap(self.fd, max(nbytes, os.fstat(self.fd).st_size))
+        return self._map
+
+    def close(self) -> None:
+        self.unlink()
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def refuse_inside_worker() -> None:
+    """Fail fast when a render process is re-running the main script.
+
+    Like any `spawn`/`forkserver` code, a script using `PageStream` must guard its entry point
+    with `if __name__ == "__main__":`; without it, each render process would re-run the script."""
+    if multiprocessing.current_process().name == PROCESS_NAME:
+        raise RuntimeError(
+            "PageStream started inside the render process: guard the main script with "
+            "'if __name__ == \"__main__\":'"
+        )
+
+
+def _context() -> Any:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["ocrprune.raster"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class RenderWorker:
+    """A render process driven by one thread; `kill` may be called from any thread."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._pixels: SharedPixels | None = None
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None else None
+
+    def call(self, request: tuple[Any, ...], timeout: float | None) -> tuple[Any, ...]:
+        """Send `request` and return the reply; kills the process on timeout or stop."""
+        conn = self._ensure()
+        try:
+            conn.send(request)
+        except (OSError, ValueError):
+            raise self._died() from None
+        self._wait(conn, timeout)
+        try:
+            reply: tuple[Any, ...] = conn.recv()
+        except (EOFError, OSError):
+            raise self._died() from None
+        return reply
+
+    def image(self, size: tuple[int, int], nbytes: int, shared: bool) -> Image.Image:
+        """The pixels of the page the last reply announced (shared mapping, or the pipe)."""
+        assert self._pixels is not None and self._conn is not None
+        if shared:
+            return self._pixels.image(size, nbytes)
+        try:
+            return Image.frombytes("RGB", size, self._conn.recv_bytes())
+        except (EOFError, OSError):
+            raise self._died() from None
+
+    def kill(self) -> None:
+        """Kill the process now (thread-safe; the owning thread notices and cleans up)."""
+        with self._lock:
+            proc = self._proc
+        if proc is not None and proc.pid is not None:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def shutdown(self) -> None:
+        """Stop the process and release the pipe (owning thread only)."""
+        with self._lock:
+            proc, conn, pixels = self._proc, self._conn, self._pixels
+            self._proc, self._conn, self._pixels = None, None, None
+        if proc is not None and proc.pid is not None:  # started
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5.0)
+        if conn is not None:
+            conn.close()
+        if pixels is not None:
+            pixels.close()
+
+    def _ensure(self) -> Connection:
+        if self._conn is not None and self._proc is not None and self._proc.is_alive():
+            return self._conn
+        self.shutdown()
+        ctx = _context()
+        parent, child = ctx.Pipe(duplex=True)
+        pixels = SharedPixels.create()
+        proc = ctx.Process(target=serve, args=(child, pixels.path), name=PROCESS_NAME, daemon=True)
+        with self._lock:
+            self._proc, self._conn, self._pixels = proc, parent, pixels
+        try:
+            proc.start()
+        except Exception as exc:  # noqa: BLE001 - no process at all: say why, once
+            self.shutdown()
+            raise WorkerUnavailable(f"cannot start a render process: {describe(exc)}") from None
+        finally:
+            child.close()
+        try:
+            self._wait(parent, START_TIMEOUT)
+            ready = parent.recv()
+        except (WorkerDied, WorkerTimeout, EOFError, OSError) as exc:
+            self.shutdown()
+            why = str(exc) or "it exited before it was ready"
+            raise WorkerUnavailable(f"the render process did not start: {why}") from None
+        pixels.unlink()  # both sides hold it open now
+        if ready[0] != "ready":
+            self.shutdown()
+            raise WorkerUnavailable("the render process did not start")
+        return parent
+
+    def _wait(self, conn: Connection, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._stop.is_set():
+                self.shutdown()
+                raise WorkerStopped()
+            step = _POLL
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.shutdown()
+                    raise WorkerTimeout()
+                step = min(step, left)
+            try:
+                if conn.poll(step):
+                    return
+            except (OSError, ValueError):
+                raise self._died() from None
+
+    def _died(self) -> Exception:
+        proc = self._proc
+        code = None
+        if proc is not None:
+            proc.join(1.0)
+            code = proc.exitcode
+        self.shutdown()
+        if self._stop.is_set():
+            return WorkerStopped()
+        return WorkerDied(_exit_text(code))
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "the render process stopped answering"
+    if code < 0:
+        try:
+            return f"the render process died ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"the render process died (signal {-code})"
+    return f"the render process exited with status {code}"
+
+
+def page_from_reply(reply: tuple[Any, ...], worker: RenderWorker, display: str) -> RenderedPage:
+    """Turn a `page` or `error` reply into a RenderedPage (reading the pixels for `page`)."""
+    if reply[0] == "page":
+        _, page_no, render_ms, dpi, size, nbytes, shared = reply
+        return RenderedPage(page_no, worker.image(size, nbytes, shared), render_ms, None, dpi)
+    _, page_no, render_ms, kind, detail = reply
+    return RenderedPage(page_no, None, render_ms, InputError(display, kind, detail, page=page_no))
+
+
+# --- the child ------------------------------------------------------------------------------------
+
+
+def serve(conn: Connection, pixels_path: str) -> None:
+    """The render process's loop: open / render / probe / close requests until EOF."""
+    _release_fork_server()
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ocrprune.raster import open_document
+
+    opened: Any = None
+    pixels = SharedPixels.attach(pixels_path)
+    conn.send(("ready", os.getpid()))
+    try:
+        while True:
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                return
+            op = request[0]
+            if op in ("open", "close") and opened is not None:
+                opened.close()
+                opened = None
+            if op == "open":
+                try:
+                    opened = open_document(request[1], request[2])
+                except InputError as exc:
+                    conn.send(("failed", exc.kind, exc.detail))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - reported as the document's failure
+                    conn.send(("failed", "internal", describe(exc)))
+                    continue
+                trailing = opened.trailing_error
+                conn.send(
+                    (
+                        "opened",
+                        tuple(opened.page_numbers),
+                        opened.page_count,
+                        opened.readable_pages,
+                        None if trailing is None else (trailing.kind, trailing.detail),
+                    )
+                )
+            elif op == "render":
+                _send_page(conn, opened.render_pixels(request[1]), pixels)
+            elif op == "probe":
+                conn.send(("probed", opened.probe(request[1])))
+            elif op != "close":
+                return
+    finally:
+        if opened is not None:
+            opened.close()
+        pixels.close()
+
+
+def _send_page(conn: Connection, page: RenderedPage | Pixels, pixels: SharedPixels) -> None:
+    if isinstance(page, RenderedPage):
+        error = page.error
+        kind, detail = (
+            (error.kind, error.detail) if error is not None else ("render_error", "no image")
+        )
+        conn.send(("error", page.page, page.render_ms, kind, detail))
+        return
+    nbytes = page.size[0] * page.size[1] * 3
+    shared = pixels.write(page.data, nbytes)
+    conn.send(("page", page.page, page.render_ms, page.dpi, page.size, nbytes, shared))
+    if not shared:
+        conn.send_bytes(page.data)
+
+
+def _release_fork_server() -> None:
+    """Drop the fork server's keep-alive pipe, which its children inherit.
+
+    The server exits when no process holds that pipe's write end any more; without this, the
+    render process would keep it alive after the run is gone, and so outlive the run itself."""
+    try:
+        from multiprocessing import forkserver
+
+        server: Any = forkserver._forkserver
+        fd = server._forkserver_alive_fd
+    except (ImportError, AttributeError):
+        return
+    if isinstance(fd, int):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies; elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)

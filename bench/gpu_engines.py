@@ -70,7 +70,9 @@ class StandInLLM:
         self.loaded = loaded
 
     @torch.inference_mode()
-    def generate(self, prompts: list[dict[str, Any]], params: list[StandInSampling], use_tqdm: bool = True) -> list[Any]:
+    def generate(
+        self, prompts: list[dict[str, Any]], params: list[StandInSampling], use_tqdm: bool = True
+    ) -> list[Any]:
         from types import SimpleNamespace
 
         from transformers import GenerationConfig
@@ -93,8 +95,12 @@ class StandInLLM:
                 position_ids=torch.arange(n, device=loaded.device).unsqueeze(0),
                 generation_config=config,
             )[0].tolist()
-            reason = "stop" if ids and ids[-1] == loaded.eos_token_id and not sp.ignore_eos else "length"
-            results.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, finish_reason=reason)]))
+            reason = (
+                "stop" if ids and ids[-1] == loaded.eos_token_id and not sp.ignore_eos else "length"
+            )
+            results.append(
+                SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, finish_reason=reason)])
+            )
         return results
 
 
@@ -109,7 +115,9 @@ def hf_runner(loaded: Any, mode: str, tokens: int) -> Any:
     return lambda keep: Engine(loaded, settings, PruneConfig(keep=keep))
 
 
-def vllm_runner(loaded: Any, mode: str, tokens: int, quick: bool, model_dir: Path, utilization: float) -> Any:
+def vllm_runner(
+    loaded: Any, mode: str, tokens: int, quick: bool, model_dir: Path, utilization: float
+) -> Any:
     from ocrprune.config import GenerationSettings, PruneConfig
     from ocrprune.runtime.engine import Engine
     from ocrprune.runtime.vllm_engine import VllmEngine, import_vllm, ngram_processor
@@ -120,7 +128,9 @@ def vllm_runner(loaded: Any, mode: str, tokens: int, quick: bool, model_dir: Pat
     else:
         vllm = import_vllm()
         if not (model_dir / "config.json").exists():
-            raise SystemExit(f"--model-dir {model_dir}: no config.json (a DeepSeek-OCR snapshot folder is needed)")
+            raise SystemExit(
+                f"--model-dir {model_dir}: no config.json (a DeepSeek-OCR snapshot folder is needed)"
+            )
         llm = vllm.LLM(
             model=str(model_dir),
             load_format="dummy",  # random weights of the real architecture, as the hf side has
@@ -174,7 +184,8 @@ def measure(engine: Any, pages: list[Any], device: torch.device) -> dict[str, An
         "pages_per_s": len(done) / wall,
         "generated_tokens": generated,
         "generated_tokens_per_s": generated / wall,
-        "visual_kept_share": sum(o.tokens.visual_kept for o in done) / max(1, sum(o.tokens.visual_total for o in done)),
+        "visual_kept_share": sum(o.tokens.visual_kept for o in done)
+        / max(1, sum(o.tokens.visual_total for o in done)),
         "prompt_tokens_mean": sum(o.tokens.prompt for o in done) / max(1, len(done)),
         "peak_gpu_mb": None,
         "device_used_mb": None,
@@ -182,7 +193,9 @@ def measure(engine: Any, pages: list[Any], device: torch.device) -> dict[str, An
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20  # this process
-        row["device_used_mb"] = (total - free) / 2**20  # whole device, vLLM's engine process included
+        row["device_used_mb"] = (
+            total - free
+        ) / 2**20  # whole device, vLLM's engine process included
     return row
 
 
@@ -190,28 +203,59 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--engines", default="hf,vllm", help="comma-separated: hf, vllm")
     p.add_argument("--mode", default=None, help="resolution mode (default gundam; quick tiny)")
-    p.add_argument("--tokens", type=int, default=None, help="tokens generated per page (default 128; quick 3)")
-    p.add_argument("--in-flight", default=None, help="pages per run, comma-separated (default 16,64,256; quick 2,3)")
-    p.add_argument("--keeps", default=None, help="keep settings (default 1,0.84,0.4,auto; quick 1,0.4,auto)")
-    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="DeepSeek-OCR config + tokenizer for vLLM")
-    p.add_argument("--gpu-memory", type=float, default=0.6, help="share of GPU memory vLLM may take (default 0.6)")
+    p.add_argument(
+        "--tokens", type=int, default=None, help="tokens generated per page (default 128; quick 3)"
+    )
+    p.add_argument(
+        "--in-flight",
+        default=None,
+        help="pages per run, comma-separated (default 16,64,256; quick 2,3)",
+    )
+    p.add_argument(
+        "--keeps", default=None, help="keep settings (default 1,0.84,0.4,auto; quick 1,0.4,auto)"
+    )
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=DEFAULT_MODEL_DIR,
+        help="DeepSeek-OCR config + tokenizer for vLLM",
+    )
+    p.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=0.6,
+        help="share of GPU memory vLLM may take (default 0.6)",
+    )
     args = p.parse_args(argv)
     from ocrprune.config import keep_label, parse_keep
 
-    logging.getLogger("ocrprune").setLevel(logging.ERROR)  # every page ends at the token cap on purpose
+    logging.getLogger("ocrprune").setLevel(
+        logging.ERROR
+    )  # every page ends at the token cap on purpose
     started = time.time()
     device = pick_device("cpu" if args.quick else args.device)
     full_size = device.type == "cuda" and not args.quick
     dtype = torch.bfloat16 if full_size else torch.float32
     mode = args.mode or ("tiny" if args.quick else "gundam")
     tokens = args.tokens or (3 if args.quick else 128)
-    in_flight = [int(n) for n in (args.in_flight or ("2,3" if args.quick else ",".join(map(str, IN_FLIGHT)))).split(",")]
-    keeps = [parse_keep(k) for k in (args.keeps or ("1,0.4,auto" if args.quick else "1,0.84,0.4,auto")).split(",")]
+    in_flight = [
+        int(n)
+        for n in (args.in_flight or ("2,3" if args.quick else ",".join(map(str, IN_FLIGHT)))).split(
+            ","
+        )
+    ]
+    keeps = [
+        parse_keep(k)
+        for k in (args.keeps or ("1,0.4,auto" if args.quick else "1,0.84,0.4,auto")).split(",")
+    ]
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     loaded, described = loaded_model(device, dtype, quick=not full_size)
     ban_eos(loaded.model, loaded.eos_token_id)  # hf: exactly `tokens` per page; vllm: ignore_eos
     host = machine(device)
-    print(f"gpu_engines: {host['summary']}; {device.type} {dtype_name(dtype)}; {described}", file=sys.stderr)
+    print(
+        f"gpu_engines: {host['summary']}; {device.type} {dtype_name(dtype)}; {described}",
+        file=sys.stderr,
+    )
     pages = sample_pages(max(in_flight), dpi=144)
     rows: list[dict[str, Any]] = []
     for name in engines:
@@ -224,23 +268,63 @@ def main(argv: list[str] | None = None) -> int:
             build = vllm_runner(loaded, mode, tokens, args.quick, args.model_dir, args.gpu_memory)
         else:
             raise SystemExit(f"unknown engine {name!r}")
-        measure(build(1.0), pages[:2], device)  # warm-up (kernels, allocator, vLLM graphs): not counted
+        measure(
+            build(1.0), pages[:2], device
+        )  # warm-up (kernels, allocator, vLLM graphs): not counted
         for keep in keeps:
             for n in in_flight:
                 row = measure(build(keep), pages[:n], device)
                 rows.append({"engine": name, "keep": keep_label(keep), "in_flight": n, "mode": mode,
                              "tokens_per_page": tokens, "device": device.type, "dtype": dtype_name(dtype),
                              **row, "machine": host["summary"]})  # fmt: skip
-                print(f"  {name} keep {keep_label(keep)} x{n}: {row['pages_per_s']:.2f} pages/s", file=sys.stderr)
+                print(
+                    f"  {name} keep {keep_label(keep)} x{n}: {row['pages_per_s']:.2f} pages/s",
+                    file=sys.stderr,
+                )
     for row in rows:
-        base = next((r for r in rows if r["engine"] == "hf" and r["keep"] == row["keep"] and r["in_flight"] == row["in_flight"]), None)
-        row["speedup_vs_hf"] = row["pages_per_s"] / base["pages_per_s"] if base and base["pages_per_s"] else None
-    print(f"\nhf vs vllm ({described}; {device.type}, {dtype_name(dtype)}, mode {mode}, {tokens} tokens per page)")
+        base = next(
+            (
+                r
+                for r in rows
+                if r["engine"] == "hf"
+                and r["keep"] == row["keep"]
+                and r["in_flight"] == row["in_flight"]
+            ),
+            None,
+        )
+        row["speedup_vs_hf"] = (
+            row["pages_per_s"] / base["pages_per_s"] if base and base["pages_per_s"] else None
+        )
+    print(
+        f"\nhf vs vllm ({described}; {device.type}, {dtype_name(dtype)}, mode {mode}, {tokens} tokens per page)"
+    )
     print(
         table(
-            ["engine", "keep", "in flight", "calls", "pages/s", "tokens/s", "x vs hf", "peak MB", "device MB"],
-            [[r["engine"], r["keep"], r["in_flight"], r["calls"], r["pages_per_s"], r["generated_tokens_per_s"],
-              r["speedup_vs_hf"], r["peak_gpu_mb"], r["device_used_mb"]] for r in rows],  # fmt: skip
+            [
+                "engine",
+                "keep",
+                "in flight",
+                "calls",
+                "pages/s",
+                "tokens/s",
+                "x vs hf",
+                "peak MB",
+                "device MB",
+            ],
+            [
+                [
+                    r["engine"],
+                    r["keep"],
+                    r["in_flight"],
+                    r["calls"],
+                    r["pages_per_s"],
+                    r["generated_tokens_per_s"],
+                    r["speedup_vs_hf"],
+                    r["peak_gpu_mb"],
+                    r["device_used_mb"],
+                ]
+                for r in rows
+            ],
         )
     )
     if not full_size:
@@ -250,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": device.type,
         "dtype": dtype_name(dtype),
         "model": described,
-        "vllm": "stand-in (HF generate on prompt_embeds)" if args.quick else "vllm, load_format=dummy",
+        "vllm": "stand-in (HF generate on prompt_embeds)"
+        if args.quick
+        else "vllm, load_format=dummy",
         "mode": mode,
         "timed": "wall time of one engine's run over N pages through the shared batch driver (preprocess, "
         "vision encoder, RTPrune, decoding); pages are pre-rendered; EOS disabled, so every page "
@@ -260,7 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     series = {
-        f"{e} keep {k}": [(float(r["in_flight"]), r["pages_per_s"]) for r in rows if r["engine"] == e and r["keep"] == k]
+        f"{e} keep {k}": [
+            (float(r["in_flight"]), r["pages_per_s"])
+            for r in rows
+            if r["engine"] == e and r["keep"] == k
+        ]
         for e in engines
         for k in [keep_label(k) for k in keeps]
     }

@@ -28,7 +28,9 @@ TINY = ["--model", "tiny-random", "--device", "cpu", "--mode", "tiny", "--max-ne
 
 def drive(items, run, recover=None):
     delivered = []
-    run_split(items, run, lambda item, out: delivered.append((item, out)), recover or (lambda: None))
+    run_split(
+        items, run, lambda item, out: delivered.append((item, out)), recover or (lambda: None)
+    )
     return delivered
 
 
@@ -43,7 +45,13 @@ def test_a_failing_batch_is_halved_down_to_the_page_that_fails_and_the_rest_stil
 
     delivered = drive([1, 2, 3, 4, 5], run, lambda: recovered.append(1))
     assert calls == [[1, 2, 3, 4, 5], [1, 2, 3], [1, 2], [3], [4, 5]]
-    assert delivered == [(1, "out 1"), (2, "out 2"), (3, BatchFailure("ValueError: page 3 breaks")), (4, "out 4"), (5, "out 5")]
+    assert delivered == [
+        (1, "out 1"),
+        (2, "out 2"),
+        (3, BatchFailure("ValueError: page 3 breaks")),
+        (4, "out 4"),
+        (5, "out 5"),
+    ]
     assert len(recovered) == 3  # after each failed call
 
 
@@ -87,7 +95,9 @@ def test_backend_base_gives_every_declared_method_a_default():
 def test_the_contract_and_the_pipeline_import_without_torch():
     code = "import sys, ocrprune.backend, ocrprune.pipeline, ocrprune.sweep; print('torch' in sys.modules)"
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
     assert done.stdout.strip() == "False"
 
 
@@ -99,7 +109,19 @@ def test_engine_vllm_without_vllm_is_one_line_and_exit_5(tmp_path):
     pdf = make_pdf(tmp_path / "doc.pdf")
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONWARNINGS="ignore")
     done = subprocess.run(
-        [sys.executable, "-m", "ocrprune", "convert", str(pdf), "-o", str(tmp_path / "out"), "--engine", "vllm", *TINY],
+        [
+            sys.executable,
+            "-m",
+            "ocrprune",
+            "convert",
+            str(pdf),
+            "-o",
+            str(tmp_path / "out"),
+            "--engine",
+            "vllm",
+            *TINY,
+        ],
+        check=False,
         capture_output=True,
         text=True,
         env=env,
@@ -144,7 +166,22 @@ def fake_vllm(monkeypatch, tiny_loaded):
 def test_convert_with_engine_vllm_end_to_end_over_a_fake_llm(tmp_path, fake_vllm):
     pdf = make_pdf(tmp_path / "doc.pdf", pages=3)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["convert", str(pdf), "-o", str(out), "--base", str(tmp_path), "--engine", "vllm", "--keep", "0.5", *TINY])
+    result = CliRunner().invoke(
+        app,
+        [
+            "convert",
+            str(pdf),
+            "-o",
+            str(out),
+            "--base",
+            str(tmp_path),
+            "--engine",
+            "vllm",
+            "--keep",
+            "0.5",
+            *TINY,
+        ],
+    )
 
     assert result.exit_code == 3, result.output  # one page capped: partial
     (llm,) = fake_vllm
@@ -154,15 +191,35 @@ def test_convert_with_engine_vllm_end_to_end_over_a_fake_llm(tmp_path, fake_vllm
     assert [(p["page"], p["status"]) for p in doc["pages"]] == [(1, "ok"), (2, "length"), (3, "ok")]
     assert [p["tokens"]["generated"] for p in doc["pages"]] == [3, 8, 3]
     assert doc["pages"][0]["keep"]["ratio"] == 0.5
-    assert doc["pages"][0]["tokens"]["visual_kept"] == 32 and doc["pages"][0]["timings_ms"]["prefill"] == 0.0
+    assert (
+        doc["pages"][0]["tokens"]["visual_kept"] == 32
+        and doc["pages"][0]["timings_ms"]["prefill"] == 0.0
+    )
     report = json.loads((out / "report.json").read_text())
     assert (report["run"]["engine"], report["run"]["positions"]) == ("vllm", "compact")
     assert report["pages"]["by_status"]["length"] == 1
 
     # The engine is part of the resume key: the same engine skips, the other one redoes.
-    again = CliRunner().invoke(app, ["convert", str(pdf), "-o", str(out), "--base", str(tmp_path), "--engine", "vllm", "--keep", "0.5", *TINY])
+    again = CliRunner().invoke(
+        app,
+        [
+            "convert",
+            str(pdf),
+            "-o",
+            str(out),
+            "--base",
+            str(tmp_path),
+            "--engine",
+            "vllm",
+            "--keep",
+            "0.5",
+            *TINY,
+        ],
+    )
     assert again.exit_code == 3 and len(fake_vllm) == 1 and len(llm.calls) == 2  # no engine opened
-    hf = CliRunner().invoke(app, ["convert", str(pdf), "-o", str(out), "--base", str(tmp_path), "--keep", "0.5", *TINY])
+    hf = CliRunner().invoke(
+        app, ["convert", str(pdf), "-o", str(out), "--base", str(tmp_path), "--keep", "0.5", *TINY]
+    )
     assert hf.exit_code in (0, 3), hf.output
     doc = json.loads((out / "doc.pdf.json").read_text())
     assert (doc["engine"], doc["positions"]) == ("hf", "gapped")
@@ -172,7 +229,20 @@ def test_sweep_with_engine_vllm_decodes_every_setting_through_the_fake(tmp_path,
     pdf = make_pdf(tmp_path / "doc.pdf", pages=2)
     out = tmp_path / "sweep"
     result = CliRunner().invoke(
-        app, ["sweep", str(pdf), "-o", str(out), "--engine", "vllm", "--keep", "1,0.4", "--batch-size", "2", *TINY]
+        app,
+        [
+            "sweep",
+            str(pdf),
+            "-o",
+            str(out),
+            "--engine",
+            "vllm",
+            "--keep",
+            "1,0.4",
+            "--batch-size",
+            "2",
+            *TINY,
+        ],
     )
     assert result.exit_code in (0, 3), result.output
     (llm,) = fake_vllm

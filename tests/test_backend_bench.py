@@ -24,7 +24,9 @@ def test_gpu_engines_quick_runs_both_engines_and_writes_json_and_png(tmp_path: P
     data = json.loads((tmp_path / "gpu_engines.json").read_text())
     assert data["benchmark"] == "gpu_engines" and data["quick"] is True
     cells = [(r["engine"], r["keep"], r["in_flight"]) for r in data["rows"]]
-    assert cells == [(e, k, n) for e in ("hf", "vllm") for k in ("1", "0.4", "auto") for n in (2, 3)]
+    assert cells == [
+        (e, k, n) for e in ("hf", "vllm") for k in ("1", "0.4", "auto") for n in (2, 3)
+    ]
     for row in data["rows"]:
         assert row["failed"] == 0 and row["calls"] == 1
         assert row["generated_tokens"] == 3 * row["in_flight"]  # EOS disabled: 3 tokens per page

@@ -19,7 +19,11 @@ from ocrprune.runtime.engine import Engine
 from ocrprune.runtime.generation import WindowedNoRepeatNGram
 from ocrprune.runtime.vllm_engine import VllmEngine
 
-GUNDAM = [draw_page((1240, 1754), seed=5), draw_page((500, 450), seed=6), draw_page((1500, 800), seed=7)]
+GUNDAM = [
+    draw_page((1240, 1754), seed=5),
+    draw_page((500, 450), seed=6),
+    draw_page((1500, 800), seed=7),
+]
 TINY = [draw_page(seed=1), draw_page(seed=2), draw_page(seed=3)]
 
 
@@ -43,12 +47,18 @@ class FakeLLM:
         results = []
         for n, (prompt, sp) in enumerate(zip(prompts, params)):
             ids, reason = self.script(n, prompt, sp)
-            results.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, finish_reason=reason)]))
+            results.append(
+                SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, finish_reason=reason)])
+            )
         return results
 
 
 def vllm_engine(loaded, mode="tiny", keep=0.5, tokens=12, llm=None, **settings):
-    hf = Engine(loaded, GenerationSettings(mode=mode, max_new_tokens=tokens, **settings), PruneConfig(keep=keep))
+    hf = Engine(
+        loaded,
+        GenerationSettings(mode=mode, max_new_tokens=tokens, **settings),
+        PruneConfig(keep=keep),
+    )
     return VllmEngine(hf, llm or FakeLLM(), FakeSampling)
 
 
@@ -66,14 +76,20 @@ def test_each_request_is_the_prompt_text_embeddings_around_the_kept_image_rows(t
         # Tiny mode: 64 visual tokens + 8 newlines + 1 separator; keep 0.5 keeps 32 visual tokens.
         assert page.record.visual_kept == 32
         assert kept == page.record.visual_kept + page.record.layout_kept
-        assert request.prompt_embeds.shape == (prefix + kept + suffix, tiny_loaded.model.config.text_config.hidden_size)
+        assert request.prompt_embeds.shape == (
+            prefix + kept + suffix,
+            tiny_loaded.model.config.text_config.hidden_size,
+        )
         assert request.unpruned_length == prefix + 73 + suffix
         rows = request.prompt_embeds
         with torch.no_grad():
             assert torch.equal(rows[:prefix], embed(torch.tensor(parts.prefix)))
             assert torch.equal(rows[prefix + kept :], embed(torch.tensor(parts.suffix)))
         assert torch.equal(rows[prefix : prefix + kept], page.embeddings)
-        assert request.prompt_embeds.device.type == "cpu" and request.prompt_embeds.dtype == tiny_loaded.dtype
+        assert (
+            request.prompt_embeds.device.type == "cpu"
+            and request.prompt_embeds.dtype == tiny_loaded.dtype
+        )
 
 
 def test_sampling_is_greedy_with_the_windowed_ngram_rule_eos_stop_and_the_page_cap(tiny_loaded):
@@ -81,7 +97,7 @@ def test_sampling_is_greedy_with_the_windowed_ngram_rule_eos_stop_and_the_page_c
     engine = vllm_engine(tiny_loaded, tokens=12, llm=llm)
     engine.run(TINY[:2])
 
-    (prompts, params, use_tqdm), = llm.calls  # one call for the whole batch
+    ((prompts, params, use_tqdm),) = llm.calls  # one call for the whole batch
     assert use_tqdm is False and len(prompts) == 2 and list(prompts[0]) == ["prompt_embeds"]
     assert [p.kwargs for p in params] == [
         {
@@ -113,7 +129,11 @@ def test_finish_reasons_map_to_statuses_and_ids_end_at_eos_as_the_hf_engine_keep
 
     script = {0: ([4] * 12, "length"), 1: ([], "abort"), 2: ([3, 1], "stop")}
     outputs = vllm_engine(tiny_loaded, llm=FakeLLM(lambda n, p, s: script[n])).run(TINY)
-    assert [(o.status, o.token_ids) for o in outputs] == [("length", [4] * 12), ("model_error", []), ("ok", [3, 1])]
+    assert [(o.status, o.token_ids) for o in outputs] == [
+        ("length", [4] * 12),
+        ("model_error", []),
+        ("ok", [3, 1]),
+    ]
     assert outputs[1].error == "vLLM finished the request with 'abort'"
 
 
@@ -129,11 +149,14 @@ def test_pages_keep_their_order_and_a_page_that_cannot_run_fails_alone(tiny_load
     engine = vllm_engine(tiny_loaded, mode="gundam", llm=llm, max_positions=lengths[longest])
     outputs = engine.run(GUNDAM)
 
-    (prompts, params, _), = llm.calls
+    ((prompts, params, _),) = llm.calls
     assert len(prompts) == 2  # the page without room was never submitted
     statuses = [o.status for o in outputs]
     assert statuses[longest] == "model_error" and statuses.count("ok") == 2
-    assert outputs[longest].error == f"prompt of {lengths[longest]} tokens leaves no room in {lengths[longest]} positions"
+    assert (
+        outputs[longest].error
+        == f"prompt of {lengths[longest]} tokens leaves no room in {lengths[longest]} positions"
+    )
     for i, out in enumerate(outputs):
         if i != longest:  # each result went back to the page whose prompt produced it
             assert out.token_ids == [50 + out.tokens.prompt, 1]
@@ -160,7 +183,9 @@ def test_a_batch_is_encoded_in_chunks_and_decoded_in_one_vllm_call(tiny_loaded, 
 
 
 @pytest.mark.parametrize("keep", [0.5, "auto"])
-def test_hf_decoding_the_vllm_payload_equals_hf_with_encoder_outputs_at_compact_positions(tiny_loaded, keep):
+def test_hf_decoding_the_vllm_payload_equals_hf_with_encoder_outputs_at_compact_positions(
+    tiny_loaded, keep
+):
     """What vLLM receives is the prompt HF's model builds from `mm_encoder_outputs`: decoding it
     with HF `generate` (compact positions both ways, the same n-gram rule) gives the same tokens."""
     engine = vllm_engine(tiny_loaded, keep=keep, tokens=24)
@@ -183,12 +208,16 @@ def test_hf_decoding_the_vllm_payload_equals_hf_with_encoder_outputs_at_compact_
                 generation_config=config,
                 logits_processor=LogitsProcessorList([WindowedNoRepeatNGram(30, 90, 0, whitelist)]),
             )[0].tolist()
-            ids = torch.tensor([engine.hf.parts.ids(loaded.image_token_id, int(page.positions.numel()))])
+            ids = torch.tensor(
+                [engine.hf.parts.ids(loaded.image_token_id, int(page.positions.numel()))]
+            )
             from_encoder = loaded.model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 position_ids=compact,
-                mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[page.embeddings])},
+                mm_encoder_outputs={
+                    "image": BaseModelOutputWithPooling(pooler_output=[page.embeddings])
+                },
                 generation_config=config,
                 logits_processor=LogitsProcessorList([WindowedNoRepeatNGram(30, 90, n, whitelist)]),
             )[0, n:].tolist()

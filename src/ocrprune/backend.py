@@ -145,11 +145,13 @@ def open_backend(config: RunConfig) -> Backend:
 
 
 def open_sweep_engine(
-    engine: str, model: ModelConfig, generation: GenerationSettings, prune: PruneConfig
+    engine: EngineName, model: ModelConfig, generation: GenerationSettings, prune: PruneConfig
 ) -> Any:
     """An engine with `encode`/`decode` for `ocrprune sweep` (one encoder pass, many keeps)."""
     # `out` is never written: only the model, engine and decoding settings are read.
-    config = RunConfig(inputs=(), out=Path("."), model=model, prune=prune, generation=generation, engine=engine)
+    config = RunConfig(
+        inputs=(), out=Path("."), model=model, prune=prune, generation=generation, engine=engine
+    )
     return open_backend(config)
 
 

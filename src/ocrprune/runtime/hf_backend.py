@@ -43,5 +43,7 @@ def open_hf_backend(config: RunConfig) -> HfBackend:
     """Load the model named by `config` and wrap it (imports torch and transformers)."""
     loaded = load_model(config.model)
     if loaded.dummy:
-        log.warning("using the tiny-random model: its text is meaningless (for tests and demos only)")
+        log.warning(
+            "using the tiny-random model: its text is meaningless (for tests and demos only)"
+        )
     return HfBackend(loaded, config)

@@ -83,7 +83,9 @@ class VllmEngine(BackendBase):
         self.encode_chunk = max(1, encode_chunk)
         self.batch_hint = batch_hint
         if hf.settings.page_timeout:
-            log.warning("--page-timeout is not enforced by the vllm engine; --max-new-tokens bounds each page")
+            log.warning(
+                "--page-timeout is not enforced by the vllm engine; --max-new-tokens bounds each page"
+            )
 
     # -- what the pipeline asks ------------------------------------------------------------------
     @property
@@ -112,7 +114,10 @@ class VllmEngine(BackendBase):
     # -- encode (shared with hf) and decode (vLLM) ---------------------------------------------
     def encode(self, images: list[Image.Image]) -> EncodedBatch:
         """The `hf` engine's encoder pass, in chunks of `encode_chunk` pages."""
-        chunks = [self.hf.encode(images[i : i + self.encode_chunk]) for i in range(0, len(images), self.encode_chunk)]
+        chunks = [
+            self.hf.encode(images[i : i + self.encode_chunk])
+            for i in range(0, len(images), self.encode_chunk)
+        ]
         if len(chunks) == 1:
             return chunks[0]
         return _concat(chunks)
@@ -123,12 +128,21 @@ class VllmEngine(BackendBase):
     ) -> tuple[list[PrunedPage], list[PageRequest], dict[int, str]]:
         """Prune each page and build its request; a page that cannot run gets an error message."""
         hf, loaded = self.hf, self.hf.loaded
-        pages = prune_pages(encoded.features, encoded.vision.geometry, encoded.vision.pixel_values, prune, hf.clock)
+        pages = prune_pages(
+            encoded.features, encoded.vision.geometry, encoded.vision.pixel_values, prune, hf.clock
+        )
         block_lengths = [int(f.shape[0]) for f in encoded.features]
         inputs = build_decoder_inputs(
-            hf.parts, pages, block_lengths, loaded.image_token_id, loaded.pad_token_id, loaded.device
+            hf.parts,
+            pages,
+            block_lengths,
+            loaded.image_token_id,
+            loaded.pad_token_id,
+            loaded.device,
         )
-        rows = prompt_embeddings(loaded.model, inputs.input_ids, inputs.attention_mask, pages, loaded.image_token_id)
+        rows = prompt_embeddings(
+            loaded.model, inputs.input_ids, inputs.attention_mask, pages, loaded.image_token_id
+        )
         limit = min(hf.settings.max_positions, loaded.max_positions)
         requests, errors = [], {}
         for i, (row, unpruned) in enumerate(zip(rows, inputs.unpruned_lengths)):
@@ -175,11 +189,13 @@ class VllmEngine(BackendBase):
             )
             wall_ms = (time.perf_counter() - start) * 1000.0
             if len(results) != len(requests):
-                raise RuntimeError(f"vLLM returned {len(results)} results for {len(requests)} requests")
+                raise RuntimeError(
+                    f"vLLM returned {len(results)} results for {len(requests)} requests"
+                )
         by_index = {r.index: (r, out) for r, out in zip(requests, results)}
         outputs = []
         for i, page in enumerate(pages):
-            common = {
+            common: dict[str, Any] = {
                 "keep": _keep_info(page.record, prune),
                 "preprocess_ms": encoded.preprocess_ms / count,
                 "encode_ms": encoded.encode_ms / count,
@@ -281,7 +297,9 @@ def import_vllm() -> Any:
     try:
         import vllm
     except ImportError as exc:
-        raise DependencyError(f"--engine vllm needs vLLM, which is not installed ({exc}): {INSTALL_HINT}") from None
+        raise DependencyError(
+            f"--engine vllm needs vLLM, which is not installed ({exc}): {INSTALL_HINT}"
+        ) from None
     return vllm
 
 
@@ -296,7 +314,9 @@ def open_vllm_backend(config: RunConfig) -> VllmEngine:
     """Check vLLM is importable, start it on the model folder, then load our encoder side."""
     vllm = import_vllm()
     if config.model.is_tiny_random:
-        raise UsageError("--engine vllm needs a model folder or hub id; tiny-random exists only in memory")
+        raise UsageError(
+            "--engine vllm needs a model folder or hub id; tiny-random exists only in memory"
+        )
     from .loading import load_model, resolve_model_dir
 
     folder, revision = resolve_model_dir(config.model.model, config.model.revision)
@@ -319,7 +339,12 @@ def open_vllm_backend(config: RunConfig) -> VllmEngine:
     loaded = load_model(config.model)
     drop_decoder_layers(loaded.model)
     hf = Engine(loaded, config.generation, config.prune)
-    log.info("vLLM %s decodes; vision encoder and RTPrune on %s (revision %s)", vllm.__version__, loaded.device, revision)
+    log.info(
+        "vLLM %s decodes; vision encoder and RTPrune on %s (revision %s)",
+        vllm.__version__,
+        loaded.device,
+        revision,
+    )
     return VllmEngine(hf, llm, vllm.SamplingParams, config=config)
 
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from conftest import draw_page
 from docgen import make_encrypted_pdf, make_multiframe_tiff, make_pdf
 from ocrprune import pipeline
+from ocrprune.backend import BackendBase
 from ocrprune.cli import app
 from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig, RunConfig
 
@@ -195,7 +196,7 @@ def test_stdout_carries_only_the_document(docs, tmp_path):
     assert not list(tmp_path.glob("ocrprune-out"))
 
 
-class FailingEngine:
+class FailingEngine(BackendBase):
     """The real tiny engine, made to fail at one seam: a chosen page raises, or a batch runs out of memory."""
 
     def __init__(self, real, fail_on_size=None, oom_over=None, interrupt_on_call=None):

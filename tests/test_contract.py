@@ -19,6 +19,7 @@ from docgen import make_pdf
 from typer.testing import CliRunner
 
 from ocrprune import pipeline
+from ocrprune.backend import BackendBase
 from ocrprune.cli import app
 from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig, RunConfig
 from ocrprune.errors import ExitCode, Interrupted
@@ -31,7 +32,7 @@ INFO = RunInfo(model="scripted", revision=None, mode="tiny", keep="1", prune_met
                prompt="p", device="cpu", dtype="fp32", dummy_model=True)
 
 
-class ScriptedEngine:
+class ScriptedEngine(BackendBase):
     """Stands in for the model at the pipeline's seam: the page's text says which page it was
     (PDF pages are drawn at distinct heights by `pdf_with_sizes`), and `script` decides each
     page's stop reason. Records every page it was asked to run."""
@@ -44,7 +45,7 @@ class ScriptedEngine:
         self.seen: list[int] = []
 
     def run(self, images):
-        from ocrprune.runtime.engine import PageOutput
+        from ocrprune.backend import PageOutput
 
         outputs = []
         for image in images:

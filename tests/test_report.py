@@ -96,7 +96,7 @@ def test_build_report_hand_computed_numbers() -> None:
     assert report["run"] == {
         "model": "deepseek-ai/DeepSeek-OCR", "revision": "abc", "mode": "base", "keep": "0.5",
         "prune_method": "rtprune", "prompt": "p", "device": "cuda", "dtype": "bf16",
-        "dummy_model": False, "ocrprune_version": "0.1.0",
+        "dummy_model": False, "engine": "hf", "positions": "gapped", "ocrprune_version": "0.1.0",
     }  # fmt: skip
     assert report["documents"] == {"total": 4, "ok": 2, "failed": 2, "skipped": 1, "skipped_not_ok": 0}
     assert report["pages"] == {

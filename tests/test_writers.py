@@ -132,7 +132,7 @@ def test_json_document_has_the_versioned_schema_and_all_required_keys() -> None:
 
     assert list(data) == [
         "schema", "source", "model", "revision", "mode", "keep", "prune_method", "prompt",
-        "device", "dtype", "dummy_model", "ocrprune_version", "page_count", "error",
+        "device", "dtype", "dummy_model", "engine", "positions", "ocrprune_version", "page_count", "error",
         "error_kind", "pages",
     ]  # fmt: skip
     assert data["schema"] == "ocrprune.document/1"

@@ -216,6 +216,15 @@ DtypeOpt = Annotated[
         envvar="OCRPRUNE_DTYPE", show_envvar=True, help="auto: bf16 on CUDA, fp32 on CPU."
     ),
 ]
+EngineOpt = Annotated[
+    Literal["hf", "vllm"],
+    typer.Option(
+        envvar="OCRPRUNE_ENGINE",
+        show_envvar=True,
+        help="What decodes: hf (transformers, gapped positions) or vllm "
+        "(pip install 'ocrprune[vllm]'; CUDA; compact positions).",
+    ),
+]
 MaxNewTokensOpt = Annotated[int, typer.Option(min=1, max=8192, help="Token limit per page.")]
 DpiOpt = Annotated[int, typer.Option(min=18, max=1200, help="PDF rendering resolution.")]
 PagesOpt = Annotated[
@@ -412,6 +421,7 @@ def convert(
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    engine: EngineOpt = "hf",
     batch_size: Annotated[
         Optional[int],
         typer.Option(
@@ -512,6 +522,7 @@ def convert(
         fail_fast=fail_fast,
         base=base,
         null_input=null,  # type: ignore[arg-type]
+        engine=engine,
     )
     raise typer.Exit(_run_convert(config, quiet, log_format))
 
@@ -616,6 +627,7 @@ def sweep(
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    engine: EngineOpt = "hf",
     batch_size: Annotated[int, typer.Option(min=1, help="Pages per batch.")] = 1,
     max_new_tokens: MaxNewTokensOpt = 8192,
     dpi: DpiOpt = 144,
@@ -656,6 +668,7 @@ def sweep(
         seed=seed,
         batch_size=batch_size,
         glob=glob,
+        engine=engine,
     )
     progress = ProgressView(enabled=not quiet, bar=log_format == "text")
     report = _guarded(progress, lambda: run_sweep(config, progress=progress))

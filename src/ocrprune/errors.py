@@ -63,6 +63,12 @@ class ModelLoadError(OcrpruneError):
     exit_code = ExitCode.ENVIRONMENT
 
 
+class DependencyError(OcrpruneError):
+    """An optional package the chosen feature needs is not installed (e.g. vLLM for --engine vllm)."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
+
 class DeviceError(OcrpruneError):
     """The requested device is absent (e.g. `--device cuda` on a machine without CUDA)."""
 

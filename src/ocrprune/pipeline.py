@@ -36,10 +36,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from . import __version__
-from .batching import auto_batch_size, halves
+from .backend import Backend, describe_run, open_backend, run_info_for  # noqa: F401 - run_info_for re-exported
+from .batching import BatchFailure, run_split
 from .config import RunConfig, keep_label
 from .errors import ExitCode, InputError, Interrupted
 from .inputs import Document, expand_inputs, fallback_rel
@@ -63,8 +63,8 @@ from .writers.json import render_json, render_jsonl
 from .writers.markdown import render_markdown
 
 if TYPE_CHECKING:
+    from .backend import PageOutput
     from .raster import RenderedPage
-    from .runtime.engine import PageOutput
 
 log = logging.getLogger("ocrprune")
 
@@ -75,10 +75,8 @@ _STATUS_NOTES = {
 }
 
 
-class PageEngine(Protocol):
-    """What the pipeline needs from the model runtime (the seam tests inject failures at)."""
-
-    def run(self, images: list[Any]) -> list["PageOutput"]: ...
+# What the pipeline needs from the model runtime (the seam tests inject failures at).
+PageEngine = Backend
 
 
 @dataclass
@@ -120,10 +118,6 @@ class _DocState:
 def _peak_rss_mb() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return usage / 1024.0 if sys.platform != "darwin" else usage / 1024.0 / 1024.0
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
 @contextlib.contextmanager
@@ -330,7 +324,7 @@ class _Run:
         status = output.status
         if status == "length" and ends_in_loop(output.token_ids, output.raw_text):
             status = "repetition"  # capped, and the output repeats itself (see `loops.py`)
-        note = _STATUS_NOTES.get(status)
+        note = output.error or _STATUS_NOTES.get(status)
         try:
             markdown, boxes, figures = postprocess_page(output.raw_text, page.image, page.page)
         except Exception as exc:  # noqa: BLE001 - a failure after the model costs this page only
@@ -365,35 +359,18 @@ class _Run:
         )
 
     def _run_pages(self, items: list[tuple[_DocState, "RenderedPage"]]) -> None:
-        """Run a batch; on out-of-memory halve it down to one page, then mark the page failed."""
-        assert self.engine is not None
-        try:
-            outputs = self.engine.run([page.image for _, page in items])
-        except Exception as exc:  # noqa: BLE001 - the per-page boundary: record and go on
-            recover = getattr(self.engine, "recover", None)
-            if recover is not None:
-                recover()
-            if len(items) > 1:
-                kind = "out of memory" if _is_oom(exc) else type(exc).__name__
-                log.info("batch of %d pages failed (%s); retrying in smaller batches", len(items), kind)
-                first, second = halves(items)
-                self._run_pages(first)
-                self._run_pages(second)
-                return
-            state, page = items[0]
-            what = "CUDA out of memory" if _is_oom(exc) else f"{type(exc).__name__}: {exc}"
-            log.debug("model error on %s page %d", state.shown, page.page, exc_info=True)
-            self._set_page(state, self._failed_page(page, "model_error", what))
-            return
-        if len(outputs) != len(items):
-            # Which output belongs to which page is unknowable: none of them is trusted.
-            message = f"the engine returned {len(outputs)} outputs for {len(items)} pages"
-            log.error("%s; marking the batch's pages model_error", message)
-            for state, page in items:
-                self._set_page(state, self._failed_page(page, "model_error", message))
-            return
-        for (state, page), output in zip(items, outputs, strict=True):
-            self._set_page(state, self._page_result(page, output))
+        """Run a batch through the shared driver (split on failure, one result per page)."""
+        engine = self.engine
+        assert engine is not None
+
+        def deliver(item: tuple[_DocState, "RenderedPage"], output: "PageOutput | BatchFailure") -> None:
+            state, page = item
+            if isinstance(output, BatchFailure):
+                self._set_page(state, self._failed_page(page, "model_error", output.message))
+            else:
+                self._set_page(state, self._page_result(page, output))
+
+        run_split(items, lambda batch: engine.run([page.image for _, page in batch]), deliver, engine.recover)
 
     # -- the run -------------------------------------------------------------------------------
     def execute(self, stdin: TextIO | None) -> RunOutcome:
@@ -529,7 +506,7 @@ class _Run:
         summary = summarize(self.docs_out, wall_seconds=time.perf_counter() - started, signal=self.signal)
         if self.nothing_to_do:
             return RunOutcome(summary, self.docs_out, None, ExitCode.OK, self.run_info)
-        peak_gpu = getattr(self.engine, "peak_gpu_mb", lambda: None)() if self.engine is not None else None
+        peak_gpu = self.engine.peak_gpu_mb() if self.engine is not None else None
         report = build_report(self.docs_out, summary, self.run_info, _peak_rss_mb(), peak_gpu)
         report["run_id"] = self.run_id
         if self.emit is None and self.output_ready:
@@ -661,54 +638,14 @@ def _json(report: dict[str, Any]) -> str:
     return json.dumps(report, ensure_ascii=False, indent=2) + "\n"
 
 
-def describe_run(
-    config: RunConfig, *, model: str, revision: str | None, device: str, dtype: str, dummy: bool
-) -> RunInfo:
-    """What produced the outputs, for every JSON document and the report."""
-    return RunInfo(
-        model=model,
-        revision=revision,
-        mode=config.generation.mode,
-        keep=keep_label(config.prune.keep),
-        prune_method=config.prune.method,
-        prompt=config.generation.prompt,
-        device=device,
-        dtype=dtype,
-        dummy_model=dummy,
-        version=__version__,
-    )
-
-
-def run_info_for(config: RunConfig, loaded: Any) -> RunInfo:
-    """The run description once the model is loaded (its resolved device, dtype and revision)."""
-    from .runtime.loading import dtype_label
-
-    return describe_run(
-        config,
-        model=loaded.model_id,
-        revision=loaded.revision,
-        device=str(loaded.device),
-        dtype=dtype_label(loaded.dtype),
-        dummy=loaded.dummy,
-    )
-
-
 def build_engine(config: RunConfig) -> tuple[PageEngine, RunInfo, int]:
-    """Load the model (imports torch) and pick the batch size."""
-    from .runtime.engine import Engine
-    from .runtime.loading import load_model
-
-    loaded = load_model(config.model)
-    if loaded.dummy:
-        log.warning("using the tiny-random model: its text is meaningless (for tests and demos only)")
-    engine = Engine(loaded, config.generation, config.prune)
-    size = config.batch_size or auto_batch_size(
-        loaded.device.type, config.generation.mode, engine.free_memory(), config.generation.max_new_tokens, loaded.dummy
-    )
-    info = run_info_for(config, loaded)
+    """Open the configured engine (imports torch; vLLM only for `--engine vllm`), pick the batch size."""
+    engine = open_backend(config)
+    info = engine.run_info()
+    size = config.batch_size or engine.batch_size_hint()
     log.info(
-        "model %s on %s (%s), mode %s, keep %s, batch size %d",
-        loaded.model_id, info.device, info.dtype, info.mode, info.keep, size,
+        "model %s on %s (%s), engine %s, mode %s, keep %s, batch size %d",
+        info.model, info.device, info.dtype, info.engine, info.mode, info.keep, size,
     )
     return engine, info, size
 

@@ -132,6 +132,8 @@ class RunInfo:
     dtype: str
     dummy_model: bool = False
     version: str = ""
+    engine: str = "hf"  # hf | vllm: what decoded the pages
+    positions: str = "gapped"  # gapped (original position ids of kept tokens) | compact (0..n-1)
 
     def describe(self) -> dict[str, object]:
         """The fields every JSON output repeats, in a fixed order (version apart)."""
@@ -145,6 +147,8 @@ class RunInfo:
             "device": self.device,
             "dtype": self.dtype,
             "dummy_model": self.dummy_model,
+            "engine": self.engine,
+            "positions": self.positions,
         }
 
 

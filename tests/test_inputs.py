@@ -439,9 +439,11 @@ def test_nul_byte_in_a_newline_list_is_a_named_failure(
     monkeypatch.chdir(tmp_path)
     docs, errors = expand_inputs(["-"], stdin=io.BytesIO(b"a.pdf\x00b.pdf\n"))
     assert docs == []
+    # The message escapes the NUL (one printable line); `path` keeps the name exactly.
     assert [str(e) for e in errors] == [
-        "a.pdf\x00b.pdf: missing: the name contains a NUL byte (NUL-separated list: use -0)"
+        "a.pdf\\x00b.pdf: missing: the name contains a NUL byte (NUL-separated list: use -0)"
     ]
+    assert [e.path for e in errors] == ["a.pdf\x00b.pdf"]
 
 
 # -- G: non-regular files and listing errors (#9.3, #9.4) -----------------------------------------

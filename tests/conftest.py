@@ -5,10 +5,10 @@ Two opt-ins keep the default run fast and green on a fresh clone:
 
 * `--runslow`: tests marked `slow` (benchmark smoke runs, kill -9, long subprocess runs) are skipped
   unless it is given; `.ci/run` gives it.
-* `../shared` (the project's reference files: the real DeepSeek-OCR config and tokenizer, the hostile
-  test cases) exists only on this project's machines. A test that needs it asks for the `shared_dir` or
-  `shared_model` fixture, carries `@pytest.mark.shared`, or names `SHARED` / `SHARED_MODEL` in its body;
-  each is skipped with one line when the folder is absent, never failed.
+* `../shared` (the project's reference files: the real DeepSeek-OCR config and tokenizer, the
+  hostile test cases) exists only on this project's machines. A test that needs it asks for the
+  `shared_dir` or `shared_model` fixture, carries `@pytest.mark.shared`, or names `SHARED` /
+  `SHARED_MODEL` in its body; each is skipped with one line when the folder is absent, never failed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ SLOW_REASON = "needs --runslow"
 
 def needs_shared_reason(path: Path) -> str:
     """The one-line skip reason for a test whose reference folder is missing."""
-    return f"needs ../{path.relative_to(SHARED.parent)} beside the repository (reference files; absent on a fresh clone)"
+    where = path.relative_to(SHARED.parent)
+    return f"needs ../{where} beside the repository (reference files; absent on a fresh clone)"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

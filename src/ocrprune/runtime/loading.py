@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoTokenizer,
     GenerationConfig,
@@ -259,8 +259,6 @@ def _checkpoint_slices(folder: Path) -> Iterator[dict[str, Any]]:
     load holds the file (6.7 GB) and the loaded copy at once. pread copies each tensor straight
     into its own buffer and leaves the file in the page cache, which the kernel can drop.
     """
-    from safetensors import safe_open
-
     with contextlib.ExitStack() as stack:
         slices: dict[str, Any] = {}
         for path in sorted(folder.glob("*.safetensors")):

@@ -116,9 +116,7 @@ def run_child(src: Path, folder: Path, dtype: str) -> dict[str, Any]:
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
     if child.returncode != 0 or not stdout.strip():
-        raise SystemExit(
-            f"load_memory: {dtype} load exited {child.returncode}:\n{stderr[-3000:]}"
-        )
+        raise SystemExit(f"load_memory: {dtype} load exited {child.returncode}:\n{stderr[-3000:]}")
     result = json.loads(stdout.strip().splitlines()[-1])
     result["wait4_maxrss_bytes"] = usage.ru_maxrss * 1024  # cross-check; the parent stays small
     return result

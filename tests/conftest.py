@@ -89,7 +89,10 @@ def draw_page(size: tuple[int, int] = (620, 877), lines: int = 12, seed: int = 0
     for i in range(lines):
         y = int(height * (0.08 + 0.8 * i / max(lines, 1)))
         length = int(width * (0.3 + 0.6 * (((i + 1) * (seed + 3) * 37) % 100) / 100))
-        draw.rectangle([int(width * 0.08), y, int(width * 0.08) + length, y + max(2, height // 80)], fill=(20, 20, 20))
+        draw.rectangle(
+            [int(width * 0.08), y, int(width * 0.08) + length, y + max(2, height // 80)],
+            fill=(20, 20, 20),
+        )
         draw.text((int(width * 0.08), y + height // 60), f"line {i} seed {seed}", fill=(0, 0, 0))
     return image
 

@@ -265,7 +265,7 @@ def _checkpoint_slices(folder: Path) -> Iterator[dict[str, Any]]:
             handle = stack.enter_context(
                 safe_open(str(path), framework="pt", device="cpu", backend="pread")
             )
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                 slices[key] = handle.get_slice(key)
         yield slices
 

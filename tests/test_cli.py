@@ -332,6 +332,7 @@ def test_sweep_rejects_bad_keep_lists():
     assert result.exit_code == 2
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_leaves_nothing_a_rerun_trusts(tmp_path):
     import signal
     import time

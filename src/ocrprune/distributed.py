@@ -252,8 +252,9 @@ class _RayRun(_Run):
             batch_size=1,
             compute=data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
             num_gpus=self.gpus_per_actor,
-            max_restarts=-1,  # a killed worker is restarted ...
-            max_task_retries=-1,  # ... and its document redone (from its page checkpoints)
+            # Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1: a killed
+            # worker is restarted and its document redone (from its page checkpoints). Passing
+            # them here is deprecated in 2.60; tests/test_ray.py pins the behaviour.
         )
         received: set[int] = set()
         started = time.perf_counter()

@@ -327,7 +327,7 @@ def test_a_worker_killed_mid_document_is_restarted_and_the_document_redone_once(
     assert [page for _, page in big] == [1, 2, 3, 3, 4]
     assert big[0][0] == big[2][0] != big[3][0] == big[4][0]
     out = tmp_path / "out" / "in"
-    assert (out / "big.pdf.md").read_text() == "\n\n<--- Page Split --->\n\n".join(f"document 1 page {p}" for p in (1, 2, 3, 4))
+    assert (out / "big.pdf.md").read_text() == "\n\n<--- Page Split --->\n\n".join(f"document 1 page {p}" for p in (1, 2, 3, 4)) + "\n"
     assert sorted(p.name for p in out.iterdir()) == [".ocrprune", "big.pdf.json", "big.pdf.md", "d2.pdf.json", "d2.pdf.md",
                                                      "d3.pdf.json", "d3.pdf.md"]
     assert sorted(p.name for p in (out / ".ocrprune").iterdir()) == [

@@ -12,12 +12,14 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal, Optional, TextIO, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
 from . import __version__
 from .config import (
@@ -42,6 +44,7 @@ from .errors import ExitCode, OcrpruneError
 
 LogFormat = Literal["text", "json"]
 PASSWORD_ENV = "OCRPRUNE_PASSWORD"
+RAY_LOCAL = "local"  # what `--ray` given without an address stands for
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -370,7 +373,25 @@ def _root(
     """Batch OCR with DeepSeek-OCR and RTPrune visual-token pruning."""
 
 
-@app.command(epilog=CONVERT_EXAMPLES + "\n" + EXIT_CODES_HELP)
+class _ConvertCommand(TyperCommand):
+    """Lets `--ray` take an optional address, as Click's `flag_value` would (Typer cannot declare
+    it): `--ray` last or followed by another option means `--ray=local`."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        fixed: list[str] = []
+        for position, arg in enumerate(args):
+            if arg == "--":
+                fixed.extend(args[position:])
+                break
+            following = args[position + 1] if position + 1 < len(args) else None
+            if arg == "--ray" and (following is None or (following.startswith("-") and following != "-")):
+                fixed.append(f"--ray={RAY_LOCAL}")
+            else:
+                fixed.append(arg)
+        return super().parse_args(ctx, fixed)
+
+
+@app.command(cls=_ConvertCommand, epilog=CONVERT_EXAMPLES + "\n" + EXIT_CODES_HELP)
 def convert(
     inputs: Annotated[
         list[str],
@@ -482,6 +503,21 @@ def convert(
         bool, typer.Option(help="Redo documents that had failed pages.")
     ] = False,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failure.")] = False,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            show_default=False,
+            help="Convert on Ray, one worker per GPU (pip install 'ocrprune[ray]'): alone for a "
+            "local Ray, or auto, HOST:PORT, ray://HOST:PORT to join a cluster. --out must be on "
+            "a filesystem every worker sees. Put it after the inputs, or write --ray=ADDRESS.",
+        ),
+    ] = None,
+    gpus: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="With --ray: how many GPU workers (default: the cluster's GPUs)."),
+    ] = None,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -491,6 +527,13 @@ def convert(
     if null and "-" not in inputs:
         raise typer.BadParameter(
             "it applies to paths read from stdin: add - to the inputs", param_hint="'--null'"
+        )
+    ray_address = parse_ray_address(ray)
+    if gpus is not None and ray_address is None:
+        raise typer.BadParameter("it applies to --ray runs: add --ray", param_hint="'--gpus'")
+    if ray_address is not None and stdout:
+        raise typer.BadParameter(
+            "--ray writes files into --out; it cannot write to stdout", param_hint="'--ray'"
         )
     secret = resolve_password(password, password_file)
     setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
@@ -523,8 +566,30 @@ def convert(
         base=base,
         null_input=null,  # type: ignore[arg-type]
         engine=engine,
+        ray=ray_address,
+        gpus=gpus,
     )
     raise typer.Exit(_run_convert(config, quiet, log_format))
+
+
+_RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d+)$")
+
+
+def parse_ray_address(value: str | None) -> str | None:
+    """`--ray` alone means a local Ray (or the one RAY_ADDRESS names): "" for `ray.init`;
+    otherwise `auto`, `local`, HOST:PORT or ray://HOST:PORT. Anything else is most likely an
+    input the option swallowed (`--ray docs/`), so it is a usage error that says so."""
+    if value is None:
+        return None
+    if value == RAY_LOCAL:
+        return ""
+    if not _RAY_ADDRESS.match(value):
+        raise typer.BadParameter(
+            f"{value!r} is not a Ray address (auto, HOST:PORT or ray://HOST:PORT); "
+            "to start a local Ray put --ray after the inputs",
+            param_hint="'--ray'",
+        )
+    return value
 
 
 T = TypeVar("T")

@@ -187,6 +187,10 @@ class RunConfig:
     base: Path | None = None
     null_input: bool = False  # `-` reads NUL-separated paths (find -print0)
     engine: Literal["hf", "vllm"] = "hf"  # what decodes: transformers `generate` or vLLM
+    # Convert on Ray (`--ray [ADDRESS]`): "" for a local instance (or the one RAY_ADDRESS names),
+    # `auto`, `HOST:PORT` or `ray://HOST:PORT` to join a cluster; None: convert in this process.
+    ray: str | None = None
+    gpus: int | None = None  # Ray workers (one GPU each); None: as many as the cluster has
 
     def __post_init__(self) -> None:
         bad = set(self.formats) - {"md", "json"}
@@ -196,3 +200,7 @@ class RunConfig:
             raise ValueError("batch size must be at least 1")
         if self.engine not in ("hf", "vllm"):
             raise ValueError(f"unknown engine {self.engine!r}; use hf or vllm")
+        if self.gpus is not None and self.gpus < 1:
+            raise ValueError("gpus must be at least 1")
+        if self.ray is not None and self.stdout:
+            raise ValueError("--ray writes files into --out; it cannot write to --stdout")

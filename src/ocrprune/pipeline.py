@@ -390,6 +390,14 @@ class _Run:
             return self._conclude(started)
 
     def _prepare_and_convert(self, stdin: TextIO | None) -> None:
+        pending = self._plan_all(stdin)
+        if pending and not self.stop:
+            self._convert(pending)
+
+    def _plan_all(self, stdin: TextIO | None) -> list[_DocState]:
+        """Everything a run does before converting: expand the inputs, prepare and lock `--out`,
+        hash the inputs and skip what is done. Returns the documents left to convert (a
+        distributed runner reuses this and replaces `_convert`)."""
         config = self.config
         docs, problems = expand_inputs(
             list(config.inputs),
@@ -406,18 +414,16 @@ class _Run:
         if not docs and not problems:
             self.nothing_to_do = True
             log.warning("nothing to do: no documents found in %s", ", ".join(escape_name(i) for i in config.inputs))
-            return
+            return []
         self.single_stdout_doc = self.emit is not None and len(docs) == 1 and not problems
         if self.emit is None:
             files.prepare_output_root(config.out)
             self.stack.enter_context(files.RunLock(config.out))
             self.output_ready = True
         if not docs or self.stop:
-            return  # every input failed: said without loading torch or a model
+            return []  # every input failed: said without loading torch or a model
 
-        from .runtime.loading import dtype_label, select_device, select_dtype
-
-        self.dtype_name = dtype_label(select_dtype(config.model.dtype, select_device(config.model.device)))
+        self.dtype_name = self._resolve_dtype()
         self.options = output_options(config, self.dtype_name)
         self.revision = expected_revision(config)
         layout = files.OutputLayout(config.out) if self.emit is None else None
@@ -437,8 +443,13 @@ class _Run:
                     "%d skipped document(s) have failed or capped pages recorded; --retry-failed redoes those pages",
                     not_ok,
                 )
-        if pending and not self.stop:
-            self._convert(pending)
+        return pending
+
+    def _resolve_dtype(self) -> str:
+        """The dtype the model will run in, as manifests record it (imports torch)."""
+        from .runtime.loading import dtype_label, select_device, select_dtype
+
+        return dtype_label(select_dtype(self.config.model.dtype, select_device(self.config.model.device)))
 
     def _plan(self, index: int, doc: Document, layout: files.OutputLayout | None) -> _DocState | None:
         """Where a document goes and what is already done: None if skipped or failed here."""
@@ -468,7 +479,13 @@ class _Run:
                 self._record(recorded)
                 log.debug("skipping %s: already done with the same options", shown)
                 return None
-        for page_no, record in files.load_checkpoints(paths, key).items():
+        self._load_reuse(state)
+        return state
+
+    def _load_reuse(self, state: _DocState) -> None:
+        """Take the pages an earlier (interrupted) run checkpointed for this document."""
+        assert state.paths is not None
+        for page_no, record in files.load_checkpoints(state.paths, state.key).items():
             try:
                 page = page_from_record(record)
             except (KeyError, TypeError, ValueError):
@@ -477,8 +494,7 @@ class _Run:
                 continue
             state.reuse[page_no] = page
         if state.reuse:
-            log.info("%s: resuming, %d page(s) already converted", shown, len(state.reuse))
-        return state
+            log.info("%s: resuming, %d page(s) already converted", state.shown, len(state.reuse))
 
     def _conclude(self, started: float) -> RunOutcome:
         """Account for every input, build the report and write it (also after an interrupt)."""
@@ -506,12 +522,19 @@ class _Run:
         summary = summarize(self.docs_out, wall_seconds=time.perf_counter() - started, signal=self.signal)
         if self.nothing_to_do:
             return RunOutcome(summary, self.docs_out, None, ExitCode.OK, self.run_info)
-        peak_gpu = self.engine.peak_gpu_mb() if self.engine is not None else None
-        report = build_report(self.docs_out, summary, self.run_info, _peak_rss_mb(), peak_gpu)
+        report = build_report(self.docs_out, summary, self.run_info, _peak_rss_mb(), self._peak_gpu_mb())
         report["run_id"] = self.run_id
+        report.update(self._report_extra())
         if self.emit is None and self.output_ready:
             files.write_run_report(config.out, _json(report), pages_csv(self.docs_out), self.run_id)
         return RunOutcome(summary, self.docs_out, report, exit_code_for(summary), self.run_info)
+
+    def _peak_gpu_mb(self) -> float | None:
+        return self.engine.peak_gpu_mb() if self.engine is not None else None
+
+    def _report_extra(self) -> dict[str, Any]:
+        """Keys a runner adds at the end of the report (the Ray runner: per-worker counts)."""
+        return {}
 
     def _convert(self, pending: list[_DocState]) -> None:
         """Stream, batch and run every pending document (an interrupt propagates to `execute`)."""
@@ -609,6 +632,62 @@ class _Run:
             self._finish(state)
 
 
+@dataclass(frozen=True)
+class PlannedDoc:
+    """A document the driver of a distributed run planned: its input, its output name (collisions
+    already resolved), its input digest and the resume key the driver checked. Picklable."""
+
+    doc: Document
+    rel: PurePosixPath
+    digest: str
+    key: dict[str, Any]
+
+
+class DocConverter:
+    """Worker mode of `_Run`: converts pre-planned documents one at a time with an engine loaded
+    once. No input expansion, no lock, no run report, but the same page checkpoints, manifests and
+    atomic writes as a local run, so local and distributed runs resume each other. `convert` never
+    raises for a document: anything unexpected becomes a failed `DocResult` (`internal`)."""
+
+    def __init__(self, config: RunConfig, engine: PageEngine, info: RunInfo, batch_size: int) -> None:
+        self.config = config
+        self.engine, self.info, self.batch_size = engine, info, batch_size
+        probe = _Run(config, NoProgress(), None, None)
+        self.dtype_name = probe._resolve_dtype()
+        self.options = output_options(config, self.dtype_name)
+        self.revision = expected_revision(config)
+        self.layout = files.OutputLayout(config.out)
+
+    def convert(self, planned: PlannedDoc) -> DocResult:
+        shown = escape_name(planned.doc.display)
+        try:
+            return self._convert(planned, shown)
+        except Exception as exc:  # noqa: BLE001 - a worker never raises for a document
+            log.debug("%s: worker failed", shown, exc_info=True)
+            error = InputError(planned.doc.display, "internal", f"worker failed: {type(exc).__name__}: {exc}")
+            log.error("%s", error, extra={"file": shown, "kind": "internal"})
+            return DocResult(source=shown, stem=planned.rel.name, error=error.detail, error_kind="internal")
+
+    def _convert(self, planned: PlannedDoc, shown: str) -> DocResult:
+        run = _Run(self.config, NoProgress(), None, lambda: (self.engine, self.info, self.batch_size))
+        run.dtype_name, run.options, run.revision = self.dtype_name, self.options, self.revision
+        key = files.manifest_key(planned.digest, self.options, self.config.model.model, self.revision)
+        if key != planned.key:
+            log.warning(
+                "%s: this worker's options differ from the driver's (dtype %s): a re-run may redo it",
+                shown, self.dtype_name, extra={"file": shown},
+            )
+        state = _DocState(
+            index=0, doc=planned.doc, shown=shown, rel=planned.rel,
+            paths=self.layout.paths_for(planned.rel), digest=planned.digest, key=key,
+        )
+        run._load_reuse(state)
+        run._convert([state])
+        if len(run.docs_out) != 1:
+            raise RuntimeError(f"{len(run.docs_out)} results for one document")
+        return run.docs_out[0]
+
+
 def _recorded_document(shown: str, rel: PurePosixPath, manifest: dict[str, Any]) -> DocResult:
     """A skipped document as its manifest recorded it (statuses and figures, no text)."""
     pages: list[PageResult] = []
@@ -658,5 +737,10 @@ def run(
     emit: Callable[[str], None] | None = None,
     engine_factory: Callable[[], tuple[PageEngine, RunInfo, int]] | None = None,
 ) -> RunOutcome:
-    """Convert every input of `config`; `emit` (for --stdout) receives documents instead of files."""
+    """Convert every input of `config`; `emit` (for --stdout) receives documents instead of files.
+    With `config.ray` set, the documents are converted by a pool of Ray workers (`distributed`)."""
+    if config.ray is not None:
+        from .distributed import run_on_ray
+
+        return run_on_ray(config, progress=progress or NoProgress(), stdin=stdin, engine_factory=engine_factory)
     return _Run(config, progress or NoProgress(), emit, engine_factory).execute(stdin)

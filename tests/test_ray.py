@@ -1,0 +1,371 @@
+"""`convert --ray` (#12): the same outputs as a local run, one document per Ray task, status rows
+instead of exceptions, and the faults a cluster brings (a worker killed mid-document, the driver
+killed and re-run). Ray starts once per module with logical CPUs and two fake GPUs; the slow fault
+tests are marked `slow`."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path, PurePosixPath
+
+import pytest
+from docgen import make_pdf
+from typer.testing import CliRunner
+
+from ocrprune import pipeline
+from ocrprune.backend import BackendBase
+from ocrprune.cli import app
+from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig, RunConfig
+from ocrprune.errors import InputError, ModelLoadError
+from ocrprune.inputs import Document
+from ocrprune.records import DocResult, KeepInfo, PageResult, RunInfo, Timings, TokenCounts
+from ocrprune.writers import files
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = str(REPO / "src")
+TINY = ["--model", "tiny-random", "--device", "cpu", "--mode", "tiny", "--max-new-tokens", "8"]
+INFO = RunInfo(model="scripted", revision=None, mode="tiny", keep="1", prune_method="rtprune",
+               prompt="p", device="cpu", dtype="fp32", dummy_model=True)
+
+
+# ---- test documents and a scripted engine (self-contained: Ray ships this module by value) ----
+
+
+def doc_pdf(path: Path, doc_id: int, pages: int) -> Path:
+    """A PDF whose pages say which document and page they are: page n of document d is
+    (100 + d) x (100 + n) points, so at 144 dpi (200 + 2d) x (200 + 2n) pixels."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    for n in range(1, pages + 1):
+        doc.new_page(width=100 + doc_id, height=100 + n).insert_text((10, 30), f"{doc_id}/{n}", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc.save(str(path))
+    doc.close()
+    return path
+
+
+def which(image) -> tuple[int, int]:
+    """(document id, page) of a `doc_pdf` page image."""
+    width, height = image.size
+    return round(width / 2) - 100, round(height / 2) - 100
+
+
+class PageEngine(BackendBase):
+    """Text that names the page; `fail_doc` raises for that document's pages; `kill_doc`/`kill_page`
+    SIGKILLs its own process once (a marker file remembers) when asked for that page. Every
+    page asked for is appended to `ledger` as `pid doc page`."""
+
+    def __init__(self, ledger: str, fail_doc: int | None = None, kill_doc: int | None = None, kill_page: int = 0,
+                 marker: str = "", delay: float = 0.0) -> None:
+        self.ledger, self.fail_doc, self.kill_doc, self.kill_page = ledger, fail_doc, kill_doc, kill_page
+        self.marker, self.delay = marker, delay
+
+    def run(self, images):
+        from ocrprune.backend import PageOutput
+
+        outputs = []
+        for image in images:
+            doc, page = which(image)
+            with open(self.ledger, "a") as ledger:
+                ledger.write(f"{os.getpid()} {doc} {page}\n")
+            if doc == self.kill_doc and page == self.kill_page and not os.path.exists(self.marker):
+                Path(self.marker).write_text("killed once\n")
+                os.kill(os.getpid(), signal.SIGKILL)
+            if doc == self.fail_doc:
+                raise RuntimeError(f"injected failure on document {doc}")
+            time.sleep(self.delay)
+            outputs.append(
+                PageOutput(raw_text=f"document {doc} page {page}", status="ok", token_ids=[5, 1],
+                           tokens=TokenCounts(visual_total=64, visual_kept=32, prompt_unpruned=80, prompt=48, generated=2),
+                           keep=KeepInfo(setting="1", ratio=0.5), preprocess_ms=1.0, encode_ms=2.0, prune_ms=0.5,
+                           prefill_ms=3.0, decode_ms=4.0)
+            )
+        return outputs
+
+
+class Factory:
+    """A picklable engine factory: what each Ray worker calls once instead of loading a model."""
+
+    def __init__(self, **engine) -> None:
+        self.engine = engine
+
+    def __call__(self):
+        return PageEngine(**self.engine), INFO, 1
+
+
+def config_for(tmp_path: Path, inputs, *, out: Path, ray: str | None = "", gpus: int | None = 2, tiny=False) -> RunConfig:
+    return RunConfig(
+        inputs=tuple(str(p) for p in inputs),
+        out=out,
+        model=ModelConfig(model="tiny-random", device="cpu"),
+        prune=PruneConfig(keep="auto" if tiny else 1.0),
+        generation=GenerationSettings(mode="tiny", max_new_tokens=8),
+        base=tmp_path,
+        ray=ray,
+        gpus=gpus,
+    )
+
+
+def ledger_pages(ledger: Path) -> list[tuple[int, int, int]]:
+    return [tuple(int(v) for v in line.split()) for line in ledger.read_text().splitlines()]  # type: ignore[misc]
+
+
+def tree(out: Path) -> dict[str, object]:
+    """Every file under `out` but the run reports and the lock, JSON without timings (manifests
+    also without the JSON file's stamp, which hashes the timings)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("timings", "timings_ms")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    found: dict[str, object] = {}
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if not path.is_file() or rel in ("report.json", "pages.csv", ".ocrprune/lock") or rel.startswith(".ocrprune/runs/"):
+            continue
+        if path.suffix == ".json":
+            data = strip(json.loads(path.read_text(encoding="utf-8")))
+            if rel.endswith(".manifest.json"):
+                data["outputs"] = {k: v for k, v in data["outputs"].items() if not k.endswith(".json")}
+            found[rel] = data
+        else:
+            found[rel] = path.read_bytes()
+    return found
+
+
+# ---- without Ray running ------------------------------------------------------------------------
+
+
+def test_errors_and_document_rows_survive_the_trip_from_a_worker():
+    error = InputError("scans/a\nb.pdf", "corrupt", "bad xref", page=3)
+    back = pickle.loads(pickle.dumps(error))
+    assert (type(back), back.path, back.kind, back.detail, back.page, str(back)) == (
+        InputError, "scans/a\nb.pdf", "corrupt", "bad xref", 3, "scans/a\\nb.pdf page 3: corrupt: bad xref")
+    from ocrprune.distributed import result_from_record, result_to_record
+
+    page = PageResult(page=2, status="length", markdown="text", raw_text="raw", tokens=TokenCounts(generated=7),
+                      timings=Timings(decode=4.5, total=9.0), keep=KeepInfo(ratio=0.25), width=10, height=20, error="cut")
+    result = DocResult(source="a.pdf", stem="a.pdf", pages=(page,), page_count=1)
+    back_result = result_from_record(json.loads(json.dumps(result_to_record(result))))
+    # Text stays with the worker (it wrote it); statuses, tokens, timings and errors come back.
+    assert back_result == DocResult(source="a.pdf", stem="a.pdf", page_count=1,
+                                    pages=(PageResult(page=2, status="length", tokens=TokenCounts(generated=7),
+                                                      timings=Timings(decode=4.5, total=9.0), keep=KeepInfo(ratio=0.25),
+                                                      width=10, height=20, error="cut"),))
+
+
+def test_ray_missing_is_one_line_and_exit_5(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # find_spec("ray") is None: not installed
+    doc = make_pdf(tmp_path / "a.pdf")
+    result = CliRunner().invoke(app, ["convert", str(doc), "--out", str(tmp_path / "out"), *TINY, "--ray"])
+    assert result.exit_code == 5
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == ["ocrprune: --ray needs Ray, which is not installed: pip install 'ocrprune[ray]' (ray[data] 2.60)"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "ray", "gpus"),
+    [(["--ray"], "", None), (["--ray", "-q"], "", None), (["--ray", "auto", "--gpus", "3"], "auto", 3),
+     (["--ray=ray://head:10001"], "ray://head:10001", None), (["--ray", "10.0.0.5:6379"], "10.0.0.5:6379", None)],
+)
+def test_ray_flag_takes_an_optional_address(args, ray, gpus, monkeypatch):
+    from ocrprune import cli
+
+    seen: list[RunConfig] = []
+    monkeypatch.setattr(cli, "_run_convert", lambda config, quiet, fmt: seen.append(config) or 0)
+    result = CliRunner().invoke(app, ["convert", "a.pdf", *args])
+    assert result.exit_code == 0, result.output
+    assert (seen[0].ray, seen[0].gpus) == (ray, gpus)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--ray", "docs/"], "'docs/' is not a Ray address"), (["--gpus", "2"], "it applies to --ray runs"),
+     (["--ray", "--stdout"], "cannot write to stdout")],
+)
+def test_ray_usage_errors_exit_2(args, message):
+    result = CliRunner().invoke(app, ["convert", "a.pdf", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_a_worker_never_raises_for_a_document(tmp_path):
+    """Anything unexpected while converting a planned document is a failed row (`internal`)."""
+    ledger = tmp_path / "ledger"
+    pdf = doc_pdf(tmp_path / "a.pdf", 1, 1)
+    config = config_for(tmp_path, [], out=tmp_path / "out", ray=None, gpus=None)
+    converter = pipeline.DocConverter(config, PageEngine(str(ledger)), INFO, 1)
+    doc = Document(path=pdf, display="a.pdf", rel=PurePosixPath("a.pdf"), kind="pdf")
+    bad = converter.convert(pipeline.PlannedDoc(doc, PurePosixPath("../escape.pdf"), "0" * 64, {}))
+    assert (bad.error_kind, bad.source, bad.pages) == ("internal", "a.pdf", ())
+    assert bad.error.startswith("worker failed: OutputError: refusing output path '../escape.pdf'")
+    digest = files.file_sha256(pdf)
+    key = files.manifest_key(digest, converter.options, "tiny-random", converter.revision)
+    good = converter.convert(pipeline.PlannedDoc(doc, PurePosixPath("a.pdf"), digest, key))
+    assert [(p.page, p.status) for p in good.pages] == [(1, "ok")]
+    assert (tmp_path / "out" / "a.pdf.md").read_text() == "document 1 page 1\n"
+    assert files.is_done(files.OutputLayout(tmp_path / "out").paths_for("a.pdf"), key, ("json", "md"))
+    assert not (tmp_path / "escape.pdf.md").exists()
+
+
+def test_a_model_that_will_not_load_comes_back_as_the_error_itself(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'ocrprune[ray]')")
+    from ocrprune.distributed import DocWorker
+
+    def refuse():
+        raise ModelLoadError("no weights in /models/x")
+
+    worker = DocWorker(config_for(tmp_path, [], out=tmp_path / "out", ray=None, gpus=None), refuse)
+    row = worker.convert(0, b"")
+    error = pickle.loads(row["fatal"])
+    assert (type(error), str(error), row["result"]) == (ModelLoadError, "no weights in /models/x", "")
+
+
+# ---- on Ray ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray with 8 logical CPUs (the machine has 2 cores: the read task and the actor pool
+    must not starve each other) and 2 fake GPUs; workers import this checkout's sources."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ocrprune[ray]')")
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([SRC, str(REPO / "tests")] + ([saved] if saved else []))
+    ray.init(num_cpus=8, num_gpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def small_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    make_pdf(folder / "two.pdf", pages=2)
+    make_pdf(folder / "one.pdf", pages=1, text="a single page")
+    make_pdf(folder / "sub" / "three.pdf", pages=3, size=(300.0, 400.0))
+    from conftest import draw_page
+
+    draw_page(size=(300, 420), seed=4).save(folder / "scan.png")
+    return folder
+
+
+def test_ray_writes_what_a_local_run_writes_and_each_worker_has_its_own_gpu(tmp_path, ray_cluster):
+    folder = small_folder(tmp_path)
+    local = pipeline.run(config_for(tmp_path, [folder], out=tmp_path / "local", ray=None, gpus=None, tiny=True))
+    on_ray = pipeline.run(config_for(tmp_path, [folder], out=tmp_path / "ray", tiny=True))
+    assert int(on_ray.exit_code) == int(local.exit_code)
+    assert tree(tmp_path / "ray") == tree(tmp_path / "local")
+    assert len([k for k in tree(tmp_path / "local") if k.endswith(".md")]) == 4
+    report = json.loads((tmp_path / "ray" / "report.json").read_text())
+    assert (report["documents"]["total"], report["pages"]["total"]) == (4, 7)
+    workers = report["workers"]
+    assert sum(w["documents"] for w in workers) == 4 and sum(w["pages"] for w in workers) == 7
+    # Each actor holds one (fake) GPU of its own: Ray sets CUDA_VISIBLE_DEVICES per actor.
+    assert sorted(w["cuda_visible_devices"] for w in workers) == ["0", "1"]
+    assert len({w["pid"] for w in workers}) == 2
+
+
+def test_a_local_run_resumes_a_ray_run_and_skips_what_it_converted(tmp_path, ray_cluster):
+    folder = tmp_path / "in"
+    for d in (1, 2, 3):
+        doc_pdf(folder / f"d{d}.pdf", d, 2)
+    ledger = tmp_path / "ledger"
+    first = pipeline.run(config_for(tmp_path, [folder], out=tmp_path / "out"), engine_factory=Factory(ledger=str(ledger)))
+    assert int(first.exit_code) == 0
+    assert sorted(ledger_pages(ledger)[i][1:] for i in range(6)) == [(d, p) for d in (1, 2, 3) for p in (1, 2)]
+    again = pipeline.run(config_for(tmp_path, [folder], out=tmp_path / "out", ray=None, gpus=None),
+                         engine_factory=lambda: (PageEngine(str(ledger)), INFO, 1))
+    assert (int(again.exit_code), again.summary.documents_skipped, len(ledger_pages(ledger))) == (0, 3, 6)
+
+
+@pytest.mark.slow
+def test_an_engine_failing_on_one_document_is_a_status_row_and_the_batch_goes_on(tmp_path, ray_cluster):
+    folder = tmp_path / "in"
+    for d in (1, 2, 3, 4):
+        doc_pdf(folder / f"d{d}.pdf", d, 2)
+    factory = Factory(ledger=str(tmp_path / "ledger"), fail_doc=3)
+    outcome = pipeline.run(config_for(tmp_path, [folder], out=tmp_path / "out"), engine_factory=factory)
+    assert int(outcome.exit_code) == 3
+    got = {Path(d.source).name: [p.status for p in d.pages] for d in outcome.docs}
+    assert got == {"d1.pdf": ["ok", "ok"], "d2.pdf": ["ok", "ok"], "d3.pdf": ["model_error"] * 2, "d4.pdf": ["ok", "ok"]}
+    d3 = json.loads((tmp_path / "out" / "in" / "d3.pdf.json").read_text())
+    assert d3["pages"][0]["error"] == "RuntimeError: injected failure on document 3"
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["documents"] == {"total": 4, "ok": 3, "failed": 1, "skipped": 0, "skipped_not_ok": 0}
+    assert sum(w["documents_failed"] for w in report["workers"]) == 1
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_document_is_restarted_and_the_document_redone_once(tmp_path, ray_cluster):
+    folder = tmp_path / "in"
+    doc_pdf(folder / "big.pdf", 1, 4)
+    for d in (2, 3):
+        doc_pdf(folder / f"d{d}.pdf", d, 1)
+    ledger = tmp_path / "ledger"
+    factory = Factory(ledger=str(ledger), kill_doc=1, kill_page=3, marker=str(tmp_path / "killed"))
+    outcome = pipeline.run(config_for(tmp_path, [folder], out=tmp_path / "out"), engine_factory=factory)
+    assert (tmp_path / "killed").exists()
+    assert int(outcome.exit_code) == 0
+    big = [(pid, page) for pid, doc, page in ledger_pages(ledger) if doc == 1]
+    # Pages 1-2 were checkpointed before the kill and not redone; page 3 ran again on the new worker.
+    assert [page for _, page in big] == [1, 2, 3, 3, 4]
+    assert big[0][0] == big[2][0] != big[3][0] == big[4][0]
+    out = tmp_path / "out" / "in"
+    assert (out / "big.pdf.md").read_text() == "\n\n<--- Page Split --->\n\n".join(f"document 1 page {p}" for p in (1, 2, 3, 4)) + "\n"
+    assert sorted(p.name for p in out.iterdir()) == [".ocrprune", "big.pdf.json", "big.pdf.md", "d2.pdf.json", "d2.pdf.md",
+                                                     "d3.pdf.json", "d3.pdf.md"]
+    assert sorted(p.name for p in (out / ".ocrprune").iterdir()) == [
+        "big.pdf.manifest.json", "d2.pdf.manifest.json", "d3.pdf.manifest.json"]  # checkpoints gone, no temp files
+    assert sorted(Path(d.source).name for d in outcome.docs) == ["big.pdf", "d2.pdf", "d3.pdf"]
+
+
+@pytest.mark.slow
+def test_a_driver_killed_with_sigkill_then_rerun_converts_only_what_is_missing(tmp_path, ray_cluster):
+    folder = tmp_path / "in"
+    for d in range(1, 9):
+        make_pdf(folder / f"d{d}.pdf", pages=2, text=f"document {d} page {{n}}")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "ocrprune", "convert", str(folder), "--out", str(out), "--base", str(tmp_path),
+               *TINY, "--gpus", "2", "-q", f"--ray={ray_cluster}"]
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((out / "in" / ".ocrprune").glob("*.manifest.json")) and time.monotonic() < deadline:
+        assert driver.poll() is None, driver.stderr.read().decode()
+        time.sleep(0.2)
+    driver.kill()  # SIGKILL: no report, no cleanup
+    driver.wait()
+    done_at_kill = len(list((out / "in" / ".ocrprune").glob("*.manifest.json")))
+    assert 1 <= done_at_kill < 8
+    assert not (out / "report.json").exists()
+
+    rerun = subprocess.run(command, env=env, capture_output=True, timeout=300, check=False)
+    assert rerun.returncode == 3, rerun.stderr.decode()[-2000:]  # tiny-random: every page stops at the cap
+    report = json.loads((out / "report.json").read_text())
+    assert report["documents"]["total"] == 8
+    skipped = report["documents"]["skipped"]
+    assert skipped >= done_at_kill and skipped + sum(w["documents"] for w in report["workers"]) == 8
+    written = sorted(p.name for p in (out / "in").iterdir() if p.name != ".ocrprune")
+    assert written == sorted(f"d{d}.pdf.{ext}" for d in range(1, 9) for ext in ("json", "md"))
+    assert all(files.is_done(files.OutputLayout(out).paths_for(f"in/d{d}.pdf"),
+                             json.loads(files.OutputLayout(out).paths_for(f"in/d{d}.pdf").manifest.read_text())["key"],
+                             ("json", "md")) for d in range(1, 9))
+    third = subprocess.run(command, env=env, capture_output=True, timeout=300, check=False)
+    assert third.returncode == 3
+    assert json.loads((out / "report.json").read_text())["documents"]["skipped"] == 8

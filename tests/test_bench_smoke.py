@@ -44,6 +44,7 @@ REQUIRED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_bench_quick_run_writes_results_with_the_required_fields(name: str, tmp_path: Path) -> None:
     done = subprocess.run(

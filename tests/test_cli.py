@@ -15,11 +15,18 @@ from typer.testing import CliRunner
 from conftest import draw_page
 from docgen import make_encrypted_pdf, make_multiframe_tiff, make_pdf
 from ocrprune import pipeline
+from ocrprune.backend import BackendBase
 from ocrprune.cli import app
 from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig, RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--model", "tiny-random", "--device", "cpu", "--mode", "tiny", "--max-new-tokens", "64", "--batch-size", "4"]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Run from the test's folder: it is the default --base, so output names are short and stable."""
+    monkeypatch.chdir(tmp_path)
 
 
 def convert(*args: str, input: str | None = None):
@@ -44,14 +51,14 @@ def test_a_folder_of_good_documents_converts_and_exits_0(docs, tmp_path):
     out = tmp_path / "out"
     result = convert(str(docs), "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert pages_of(out / "in" / "a" / "report.json") == [(1, "ok"), (2, "ok"), (3, "ok")]
-    assert pages_of(out / "in" / "b" / "report.json") == [(1, "ok")]  # same name, no collision
-    markdown = (out / "in" / "a" / "report.md").read_text()
+    assert pages_of(out / "in" / "a" / "report.pdf.json") == [(1, "ok"), (2, "ok"), (3, "ok")]
+    assert pages_of(out / "in" / "b" / "report.pdf.json") == [(1, "ok")]  # same name, no collision
+    markdown = (out / "in" / "a" / "report.pdf.md").read_text()
     assert markdown.count("<--- Page Split --->") == 2
     report = json.loads((out / "report.json").read_text())
     assert report["pages"]["by_status"]["ok"] == 5
     assert (out / "pages.csv").read_text().count("\n") == 1 + 5
-    page = json.loads((out / "in" / "scan.json").read_text())["pages"][0]
+    page = json.loads((out / "in" / "scan.png.json").read_text())["pages"][0]
     assert set(page["tokens"]) >= {"visual_total", "visual_kept", "prompt", "generated"}
     assert set(page["timings_ms"]) == {"render", "preprocess", "encode", "prune", "prefill", "decode", "total"}
     assert page["tokens"]["visual_total"] == 64 and page["keep"]["setting"] == "auto"
@@ -70,8 +77,8 @@ def test_bad_inputs_are_named_and_the_batch_goes_on_with_exit_3(tmp_path):
     out = tmp_path / "out"
     result = convert(*[str(folder / n) for n in names], "--out", str(out))
     assert result.exit_code == 3, result.output
-    assert pages_of(out / "good.json") == [(1, "ok"), (2, "ok")]
-    assert pages_of(out / "frames.json") == [(1, "ok"), (2, "ok"), (3, "ok")]  # every frame is a page
+    assert pages_of(out / "in" / "good.pdf.json") == [(1, "ok"), (2, "ok")]
+    assert pages_of(out / "in" / "frames.tif.json") == [(1, "ok"), (2, "ok"), (3, "ok")]  # every frame is a page
     for name, kind in [("empty.pdf", "empty"), ("text.pdf", "not_a_document"), ("corrupt.pdf", "corrupt"), ("locked.pdf", "encrypted")]:
         lines = [line for line in result.output.splitlines() if name in line and kind in line]
         assert len(lines) == 1, (name, result.output)
@@ -80,7 +87,7 @@ def test_bad_inputs_are_named_and_the_batch_goes_on_with_exit_3(tmp_path):
     # With the password the encrypted file converts.
     again = convert(str(folder / "locked.pdf"), "--out", str(out), "--password", "pw")
     assert again.exit_code == 0, again.output
-    assert pages_of(out / "locked.json") == [(1, "ok"), (2, "ok")]
+    assert pages_of(out / "in" / "locked.pdf.json") == [(1, "ok"), (2, "ok")]
 
 
 def test_nothing_usable_exits_4(tmp_path):
@@ -117,31 +124,31 @@ def test_list_file_and_stdin_inputs(docs, tmp_path):
     listing.write_text(f"# pages to do\n{docs / 'scan.png'}\n\n{docs / 'b' / 'report.pdf'}\n")
     out = tmp_path / "out1"
     assert convert(f"@{listing}", "--out", str(out)).exit_code == 0
-    assert sorted(p.name for p in out.rglob("*.md")) == ["report.md", "scan.md"]
+    assert sorted(p.name for p in out.rglob("*.md")) == ["report.pdf.md", "scan.png.md"]
     out = tmp_path / "out2"
     result = convert("-", "--out", str(out), input=f"{docs / 'scan.png'}\n")
     assert result.exit_code == 0, result.output
-    assert [p.name for p in out.rglob("*.md")] == ["scan.md"]
+    assert [p.name for p in out.rglob("*.md")] == ["scan.png.md"]
 
 
 def test_page_ranges_select_pages(tmp_path):
     make_pdf(tmp_path / "long.pdf", pages=8)
     out = tmp_path / "out"
     assert convert(str(tmp_path / "long.pdf"), "--out", str(out), "--pages", "2-3,7").exit_code == 0
-    assert [p for p, _ in pages_of(out / "long.json")] == [2, 3, 7]
+    assert [p for p, _ in pages_of(out / "long.pdf.json")] == [2, 3, 7]
 
 
 def test_resume_skips_done_documents_and_redoes_after_a_crash_before_the_manifest(docs, tmp_path):
     out = tmp_path / "out"
     assert convert(str(docs), "--out", str(out)).exit_code == 0
-    target = out / "in" / "a" / "report.md"
+    target = out / "in" / "a" / "report.pdf.md"
     stamp = target.stat().st_mtime_ns
     second = convert(str(docs), "--out", str(out), "-v")
     assert second.exit_code == 0
     assert "skipped 3 document(s)" in second.output
     assert target.stat().st_mtime_ns == stamp
     # A crash between writing the outputs and the manifest: the manifest is missing.
-    (out / "in" / "a" / ".ocrprune" / "report.manifest.json").unlink()
+    (out / "in" / "a" / ".ocrprune" / "report.pdf.manifest.json").unlink()
     target.write_text("half-written")
     third = convert(str(docs), "--out", str(out))
     assert third.exit_code == 0
@@ -189,7 +196,7 @@ def test_stdout_carries_only_the_document(docs, tmp_path):
     assert not list(tmp_path.glob("ocrprune-out"))
 
 
-class FailingEngine:
+class FailingEngine(BackendBase):
     """The real tiny engine, made to fail at one seam: a chosen page raises, or a batch runs out of memory."""
 
     def __init__(self, real, fail_on_size=None, oom_over=None, interrupt_on_call=None):
@@ -241,8 +248,8 @@ def test_a_page_that_fails_in_the_model_is_marked_and_the_others_are_written(tmp
     assert statuses == {"p1.png": ["ok"], "p2.png": ["model_error"], "p3.png": ["ok"]}
     assert int(outcome.exit_code) == 3
     assert engine.calls == [3, 2, 1, 1, 1]  # the batch, its halves (p1+p2, p3), then p1 and p2 alone
-    assert "boom" in json.loads((tmp_path / "out" / "p2.json").read_text())["pages"][0]["error"]
-    assert "> **ocrprune: page 1 status=model_error" in (tmp_path / "out" / "p2.md").read_text()
+    assert "boom" in json.loads((tmp_path / "out" / "p2.png.json").read_text())["pages"][0]["error"]
+    assert "> **ocrprune: page 1 status=model_error" in (tmp_path / "out" / "p2.png.md").read_text()
 
 
 def test_out_of_memory_batches_are_split_down_until_they_fit(tmp_path):
@@ -258,8 +265,8 @@ def test_ctrl_c_keeps_finished_documents_and_exits_130(tmp_path):
     outcome, _ = run_with(tmp_path, lambda real: FailingEngine(real, interrupt_on_call=2), sorted(tmp_path.glob("*.pdf")), batch=2)
     assert int(outcome.exit_code) == 130
     out = tmp_path / "out"
-    assert (out / "d0.md").exists() and (out / ".ocrprune" / "d0.manifest.json").exists()
-    assert not (out / "d1.md").exists() and not (out / ".ocrprune" / "d1.manifest.json").exists()
+    assert (out / "d0.pdf.md").exists() and (out / ".ocrprune" / "d0.pdf.manifest.json").exists()
+    assert not (out / "d1.pdf.md").exists() and not (out / ".ocrprune" / "d1.pdf.manifest.json").exists()
 
 
 def test_fail_fast_stops_at_the_first_failure(tmp_path):
@@ -267,7 +274,7 @@ def test_fail_fast_stops_at_the_first_failure(tmp_path):
     make_pdf(tmp_path / "b.pdf")
     result = convert(str(tmp_path / "a.pdf"), str(tmp_path / "b.pdf"), "--out", str(tmp_path / "out"), "--fail-fast")
     assert result.exit_code == 4, result.output
-    assert not (tmp_path / "out" / "b.md").exists()
+    assert not (tmp_path / "out" / "b.pdf.md").exists()
 
 
 def test_readme_commands_are_the_ones_ci_runs():
@@ -325,6 +332,7 @@ def test_sweep_rejects_bad_keep_lists():
     assert result.exit_code == 2
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_leaves_nothing_a_rerun_trusts(tmp_path):
     import signal
     import time
@@ -333,19 +341,19 @@ def test_kill_9_mid_run_leaves_nothing_a_rerun_trusts(tmp_path):
         make_pdf(tmp_path / "in" / f"d{n}.pdf", pages=2, text=f"document {n} page {{n}}")
     out = tmp_path / "out"
     args = [sys.executable, "-m", "ocrprune", "convert", str(tmp_path / "in"), "--out", str(out), *FAST[:-2], "--batch-size", "1"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifests = out / "in" / ".ocrprune"
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and not (manifests.exists() and any(manifests.iterdir())):
+    while time.monotonic() < deadline and not (manifests.exists() and any(manifests.glob("*.manifest.json"))):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = {p.name.split(".")[0] for p in manifests.iterdir()} if manifests.exists() else set()
+    done_before = {p.name.split(".")[0] for p in manifests.glob("*.manifest.json")}
     assert 1 <= len(done_before) < 6
     rerun = convert(str(tmp_path / "in"), "--out", str(out))
     assert rerun.exit_code == 0, rerun.output
     assert f"skipped {len(done_before)} document(s)" in rerun.output
     for n in range(6):
-        assert pages_of(out / "in" / f"d{n}.json") == [(1, "ok"), (2, "ok")]
-        assert (out / "in" / f"d{n}.md").read_text().count("<--- Page Split --->") == 1
+        assert pages_of(out / "in" / f"d{n}.pdf.json") == [(1, "ok"), (2, "ok")]
+        assert (out / "in" / f"d{n}.pdf.md").read_text().count("<--- Page Split --->") == 1
     assert not list(out.rglob("*.tmp"))

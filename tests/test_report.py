@@ -75,15 +75,17 @@ def test_percentile_is_nearest_rank(
 
 
 def test_summarize_counts_documents_pages_and_failure_kinds() -> None:
+    # Changed: a skipped document (converted earlier) counts as ok in the state after the run.
     assert summarize(DOCS, skipped=1, wall_seconds=2.0) == RunSummary(
         documents=4,
-        documents_ok=1,
+        documents_ok=2,
         documents_failed=2,
         documents_skipped=1,
         pages=4,
         pages_by_status=(("ok", 2), ("repetition", 1), ("render_error", 1)),
         failures_by_kind=(("encrypted", 1),),
         wall_seconds=2.0,
+        pages_processed=4,
     )
 
 
@@ -94,12 +96,12 @@ def test_build_report_hand_computed_numbers() -> None:
     assert report["run"] == {
         "model": "deepseek-ai/DeepSeek-OCR", "revision": "abc", "mode": "base", "keep": "0.5",
         "prune_method": "rtprune", "prompt": "p", "device": "cuda", "dtype": "bf16",
-        "dummy_model": False, "ocrprune_version": "0.1.0",
+        "dummy_model": False, "engine": "hf", "positions": "gapped", "ocrprune_version": "0.1.0",
     }  # fmt: skip
-    assert report["documents"] == {"total": 4, "ok": 1, "failed": 2, "skipped": 1}
+    assert report["documents"] == {"total": 4, "ok": 2, "failed": 2, "skipped": 1, "skipped_not_ok": 0}
     assert report["pages"] == {
         "total": 4, "processed": 4, "timed": 3,
-        "by_status": {"ok": 2, "repetition": 1, "timeout": 0, "render_error": 1, "model_error": 0},
+        "by_status": {"ok": 2, "length": 0, "repetition": 1, "timeout": 0, "render_error": 1, "model_error": 0},
     }  # fmt: skip
     assert report["failures_by_kind"] == {"encrypted": 1}
     assert (report["wall_seconds"], report["pages_per_s"]) == (2.0, 2.0)
@@ -123,18 +125,18 @@ def test_build_report_with_no_pages_has_no_rates_or_percentiles() -> None:
     assert report["pages_per_s"] is None and report["generated_tokens_per_s"] is None
     assert report["stages_ms"]["prefill"] == {"p50": None, "p95": None, "mean": None}
     assert report["tokens"]["visual_kept_ratio"] is None
-    assert report["exit_code"] == 4
+    assert report["exit_code"] == 0  # nothing to do
 
 
 def test_pages_csv_has_one_row_per_page_and_one_per_unopened_document() -> None:
     assert pages_csv(DOCS).splitlines() == [
         "source,page,status,visual_total,visual_kept,prompt_unpruned,prompt,generated,"
-        "render_ms,preprocess_ms,encode_ms,prune_ms,prefill_ms,decode_ms,total_ms,keep_ratio,error",
-        "a.pdf,1,ok,256,64,300,108,50,10.00,1.00,20.00,2.00,30.00,100.00,163.00,0.25,",
-        "a.pdf,2,ok,256,128,300,172,100,20.00,2.00,40.00,4.00,60.00,200.00,326.00,0.5,",
-        "b.pdf,1,repetition,256,64,300,108,150,30.00,3.00,60.00,6.00,90.00,300.00,489.00,0.25,",
-        "b.pdf,2,render_error,0,0,0,0,0,5.00,0.00,0.00,0.00,0.00,0.00,5.00,1,broken page",
-        "c.pdf,,document_error,,,,,,,,,,,,,,encrypted: password required",
+        "render_ms,preprocess_ms,encode_ms,prune_ms,prefill_ms,decode_ms,total_ms,keep_ratio,error,skipped",
+        "a.pdf,1,ok,256,64,300,108,50,10.00,1.00,20.00,2.00,30.00,100.00,163.00,0.25,,false",
+        "a.pdf,2,ok,256,128,300,172,100,20.00,2.00,40.00,4.00,60.00,200.00,326.00,0.5,,false",
+        "b.pdf,1,repetition,256,64,300,108,150,30.00,3.00,60.00,6.00,90.00,300.00,489.00,0.25,,false",
+        "b.pdf,2,render_error,0,0,0,0,0,5.00,0.00,0.00,0.00,0.00,0.00,5.00,1,broken page,false",
+        "c.pdf,,document_error,,,,,,,,,,,,,,encrypted: password required,false",
     ]
 
 
@@ -145,7 +147,7 @@ def test_summary_renders_headline_numbers_as_plain_text() -> None:
 
     assert "\x1b[" not in text
     for expected in (
-        "1 ok, 2 failed, 1 skipped",
+        "2 ok, 2 failed, 1 skipped",
         "2 ok, 1 repetition, 1 render_error",
         "failed: encrypted",
         "256/768 (33.3%)",
@@ -188,13 +190,35 @@ def test_exit_code_4_when_every_document_failed() -> None:
     assert exit_code_for(_summary(documents=2, documents_failed=2)) == ExitCode.NOTHING_SUCCEEDED
 
 
-def test_exit_code_4_when_no_page_was_ok() -> None:
-    summary = _summary(bad=3, documents=1, documents_failed=1)
+def test_exit_code_4_when_no_page_produced_output() -> None:
+    summary = RunSummary(pages=3, pages_by_status=(("render_error", 2), ("model_error", 1)), documents=1, documents_failed=1)
     assert exit_code_for(summary) == ExitCode.NOTHING_SUCCEEDED
 
 
+def test_exit_code_3_when_pages_produced_text_but_none_is_ok() -> None:
+    # Changed: timed-out or capped pages keep their text, so the run produced something.
+    summary = _summary(bad=3, documents=1, documents_failed=1)
+    assert exit_code_for(summary) == ExitCode.PARTIAL
+    capped = RunSummary(pages=2, pages_by_status=(("length", 2),), documents=1, documents_failed=1)
+    assert exit_code_for(capped) == ExitCode.PARTIAL
+
+
 def test_exit_code_4_when_there_was_no_usable_input() -> None:
-    assert exit_code_for(RunSummary()) == ExitCode.NOTHING_SUCCEEDED
+    assert exit_code_for(_summary(documents=1, documents_failed=1)) == ExitCode.NOTHING_SUCCEEDED
+
+
+def test_exit_code_0_when_there_was_nothing_to_do() -> None:
+    assert exit_code_for(RunSummary()) == ExitCode.OK
+
+
+def test_exit_code_3_when_skipped_documents_recorded_failures() -> None:
+    summary = _summary(documents=2, documents_skipped=2, documents_failed=1, documents_skipped_not_ok=1)
+    assert exit_code_for(summary) == ExitCode.PARTIAL
+
+
+@pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143), (1, 129)])
+def test_an_interrupted_run_exits_128_plus_the_signal(signum: int, code: int) -> None:
+    assert exit_code_for(_summary(ok=1, documents=1, documents_ok=1, interrupted=True, signal=signum)) == code
 
 
 def test_exit_code_130_when_interrupted_whatever_else_happened() -> None:

@@ -64,7 +64,7 @@ def test_markdown_marks_every_non_ok_page_and_keeps_its_text() -> None:
         + "> **ocrprune: page 2 status=render_error: page 2: cannot render: broken xref**"
         + SEP
         + "> **ocrprune: page 3 status=repetition "
-        + "(no end-of-sequence; output may be truncated)**"
+        + "(stopped at the token limit in a loop; output repeats itself)**"
         + "\n\nloop loop"
         + SEP
         + "> **ocrprune: page 4 status=timeout (generation hit the time limit; "
@@ -132,7 +132,7 @@ def test_json_document_has_the_versioned_schema_and_all_required_keys() -> None:
 
     assert list(data) == [
         "schema", "source", "model", "revision", "mode", "keep", "prune_method", "prompt",
-        "device", "dtype", "dummy_model", "ocrprune_version", "page_count", "error",
+        "device", "dtype", "dummy_model", "engine", "positions", "ocrprune_version", "page_count", "error",
         "error_kind", "pages",
     ]  # fmt: skip
     assert data["schema"] == "ocrprune.document/1"

@@ -1,36 +1,47 @@
 """The `ocrprune` command line: parse and check flags, build one `RunConfig`, call the pipeline,
 print the summary on stderr and exit with the documented code.
 
-Nothing here imports torch: `ocrprune --help` starts instantly.
+Nothing here imports torch: `ocrprune --help` starts instantly, and usage errors (bad flags, bad
+`OCRPRUNE_*` values, an unreadable password file) exit 2 before anything heavy is loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, Literal, Optional, TextIO, TypeVar
 
 import typer
 
 from . import __version__
 from .config import (
     DEFAULT_MODEL,
-    MODES,
+    DEFAULT_RENDER_TIMEOUT,
     PROMPTS,
+    DeviceName,
+    DtypeName,
     GenerationSettings,
     ModelConfig,
+    ModeName,
     PruneConfig,
+    PruneMethod,
     RasterConfig,
+    RendererName,
     RunConfig,
     parse_keep,
     resolve_prompt,
 )
-from .console import ProgressView, setup_logging
+from .console import ProgressView, errors_logged, setup_logging
 from .errors import ExitCode, OcrpruneError
+
+LogFormat = Literal["text", "json"]
+PASSWORD_ENV = "OCRPRUNE_PASSWORD"
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -44,12 +55,35 @@ Exit codes:
   130  interrupted (Ctrl-C); finished documents are written
 """
 
+CONVERT_EXAMPLES = """\b
+Examples:
+  ocrprune convert scans/ --out out/                  a folder, recursively
+  ocrprune convert report.pdf --pages 1-3,7 --stdout > report.md
+  find inbox -name '*.pdf' -print0 | ocrprune convert - -0 --out out/
+  ocrprune convert @todo.txt --keep 0.4 --mode base --out out/
+  OCRPRUNE_PASSWORD=secret ocrprune convert locked.pdf --out out/
+  ocrprune convert sample_docs/ --model tiny-random --device cpu --mode tiny --max-new-tokens 64
+                                                      a demo in seconds (meaningless text)
+
+\b
+Nightly cron job (defaults from the environment, JSON logs, quiet unless something fails):
+  OCRPRUNE_OUT=/srv/ocr OCRPRUNE_MODE=base ocrprune convert /srv/inbox -q --log-format json
+"""
+
+SWEEP_EXAMPLES = """\b
+Examples:
+  ocrprune sweep samples/ --keep 1,0.8,0.6,0.4,auto
+  ocrprune sweep report.pdf --pages 1-5 --threshold 0.95 --out sweep/
+"""
+
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
-    help="Batch OCR with DeepSeek-OCR and RTPrune visual-token pruning.\n\n" + EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Batch OCR with DeepSeek-OCR and RTPrune visual-token pruning.\n\n"
+    "Run 'ocrprune convert -h' for the options and examples.\n\n" + EXIT_CODES_HELP,
 )
 log = logging.getLogger("ocrprune")
 
@@ -103,33 +137,204 @@ def _formats_callback(value: str) -> str:
     return value
 
 
+def render_timeout_seconds(value: float) -> float | None:
+    """`--render-timeout`: 0 (or inf) means no limit, which `RasterConfig` spells None."""
+    return None if value == 0 or math.isinf(value) else value
 
-# Options shared by `convert` and `sweep`, declared once.
+
+def resolve_password(password: str | None, password_file: Path | None) -> str | None:
+    """The PDF password from exactly one of `--password`, `--password-file` or `OCRPRUNE_PASSWORD`.
+
+    A file's single trailing newline is dropped (`echo secret > pw` works); two sources at once
+    are a usage error, so a forgotten environment variable never silently wins or loses.
+    """
+    env = os.environ.get(PASSWORD_ENV) or None
+    given = [
+        name
+        for name, value in (
+            ("--password", password),
+            ("--password-file", password_file),
+            (PASSWORD_ENV, env),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise typer.BadParameter(
+            f"give the password one way only, not {' and '.join(given)}",
+            param_hint="'--password-file'",
+        )
+    if password_file is not None:
+        try:
+            text = password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise typer.BadParameter(
+                f"cannot read {password_file}: {reason}", param_hint="'--password-file'"
+            ) from None
+        return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    return password if password is not None else env
+
+
+# Options shared by `convert` and `sweep`, declared once. The ones a nightly job sets every time
+# can come from OCRPRUNE_* environment variables (a flag on the command line wins).
 PruneMethodOpt = Annotated[
-    str, typer.Option(help="rtprune (norm + OT merge), norm (stage 1 only) or random (same budget).")
+    PruneMethod,
+    typer.Option(help="rtprune (norm + OT merge), norm (stage 1 only) or random (same budget)."),
 ]
-ModeOpt = Annotated[str, typer.Option(help="Resolution mode: " + ", ".join(MODES) + ".")]
+ModeOpt = Annotated[
+    ModeName,
+    typer.Option(envvar="OCRPRUNE_MODE", show_envvar=True, help="DeepSeek-OCR resolution mode."),
+]
 PromptOpt = Annotated[
     str,
-    typer.Option(help="Preset (" + ", ".join(PROMPTS) + ") or custom text containing <image>.", callback=_prompt_callback),
+    typer.Option(
+        metavar="PRESET|TEXT",
+        help="Preset (" + ", ".join(PROMPTS) + ") or custom text containing <image>.",
+        callback=_prompt_callback,
+    ),
 ]
-ModelOpt = Annotated[str, typer.Option(help="Hub id, a local folder in the official layout, or tiny-random.")]
-RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision (defaults to a pinned commit).")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cuda or cpu.")]
-DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="OCRPRUNE_MODEL",
+        show_envvar=True,
+        metavar="ID|PATH",
+        help="Hub id, a local folder in the official layout, or tiny-random.",
+    ),
+]
+RevisionOpt = Annotated[
+    Optional[str],
+    typer.Option(metavar="COMMIT", help="Hub revision (defaults to a pinned commit)."),
+]
+DeviceOpt = Annotated[
+    DeviceName,
+    typer.Option(envvar="OCRPRUNE_DEVICE", show_envvar=True, help="Where the model runs."),
+]
+DtypeOpt = Annotated[
+    DtypeName,
+    typer.Option(
+        envvar="OCRPRUNE_DTYPE", show_envvar=True, help="auto: bf16 on CUDA, fp32 on CPU."
+    ),
+]
+EngineOpt = Annotated[
+    Literal["hf", "vllm"],
+    typer.Option(
+        envvar="OCRPRUNE_ENGINE",
+        show_envvar=True,
+        help="What decodes: hf (transformers, gapped positions) or vllm "
+        "(pip install 'ocrprune[vllm]'; CUDA; compact positions).",
+    ),
+]
 MaxNewTokensOpt = Annotated[int, typer.Option(min=1, max=8192, help="Token limit per page.")]
 DpiOpt = Annotated[int, typer.Option(min=18, max=1200, help="PDF rendering resolution.")]
-PagesOpt = Annotated[Optional[str], typer.Option(help="Page ranges, 1-based: 1-3,7.", callback=_pages_callback)]
-PasswordOpt = Annotated[Optional[str], typer.Option(help="Password for encrypted PDFs.")]
-GlobOpt = Annotated[Optional[str], typer.Option(help="Filter for files found in folders, e.g. '*.pdf'.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for --prune-method random and the tiny-random model.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr.")]
+PagesOpt = Annotated[
+    Optional[str],
+    typer.Option(metavar="RANGES", help="Page ranges, 1-based: 1-3,7.", callback=_pages_callback),
+]
+PasswordOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        metavar="PASSWORD",
+        help="Password for encrypted PDFs. Visible to other users in `ps`: prefer --password-file "
+        f"or the {PASSWORD_ENV} environment variable.",
+    ),
+]
+PasswordFileOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        exists=True,
+        dir_okay=False,
+        metavar="FILE",
+        help="Read the PDF password from FILE (one trailing newline is dropped). "
+        f"Or set {PASSWORD_ENV}; "
+        "give only one of --password, --password-file and the variable.",
+    ),
+]
+RenderTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        metavar="SECONDS",
+        help="Seconds one page may take to render before it is marked render_error; 0 = no limit.",
+    ),
+]
+RendererOpt = Annotated[
+    RendererName,
+    typer.Option(
+        help="PDF rasterizer: mupdf (repairs damaged files) or pdfium (permissive licence)."
+    ),
+]
+GlobOpt = Annotated[
+    Optional[str],
+    typer.Option(metavar="PATTERN", help="Filter for files found in folders, e.g. '*.pdf'."),
+]
+SeedOpt = Annotated[
+    int, typer.Option(help="Seed for --prune-method random and the tiny-random model.")
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Only problems on stderr (failures, warnings); no progress or summary.",
+    ),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
-LogFormatOpt = Annotated[str, typer.Option(help="text or json (one object per line on stderr).")]
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(help="text, or json: every stderr line one JSON object, the summary included."),
+]
+
+
+class StdoutClosed(BaseException):
+    """The reader of `--stdout` went away (`| head`): stop the run quietly, as a pipe producer does.
+
+    A BaseException, like KeyboardInterrupt, so a per-document `except Exception` boundary lets it
+    through to `_guarded` instead of recording it as a document failure.
+    """
+
+
+class StdoutSink:
+    """`emit` for `--stdout`: writes and flushes each document to the saved real stdout.
+
+    On a closed pipe (EPIPE) it points the saved descriptor at /dev/null, so nothing else ever
+    writes to the dead pipe (not even the final flush), remembers it in `closed`, and raises
+    `StdoutClosed` once; later calls do nothing.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.closed = False
+
+    def __call__(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except BrokenPipeError:
+            self.discard()
+            raise StdoutClosed from None
+
+    def discard(self) -> None:
+        """From now on everything written goes to /dev/null."""
+        self.closed = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.discard()
+            self.stream.flush()
 
 
 @contextlib.contextmanager
-def protected_stdout() -> Iterator[Callable[[str], None]]:
+def protected_stdout() -> Iterator[StdoutSink]:
     """Reserve stdout for data: anything else printing to fd 1 (Python or C code) goes to stderr."""
     sys.stdout.flush()
     saved = os.dup(1)
@@ -137,16 +342,12 @@ def protected_stdout() -> Iterator[Callable[[str], None]]:
     real = os.fdopen(saved, "w", encoding="utf-8", closefd=True)
     old_stdout = sys.stdout
     sys.stdout = sys.stderr
-
-    def emit(text: str) -> None:
-        real.write(text)
-        real.flush()
-
+    sink = StdoutSink(real)
     try:
-        yield emit
+        yield sink
     finally:
         sys.stdout = old_stdout
-        real.flush()
+        sink.flush()
         os.dup2(real.fileno(), 1)
         real.close()
 
@@ -160,47 +361,56 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """Batch OCR with DeepSeek-OCR and RTPrune visual-token pruning."""
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "prune_method": ("rtprune", "norm", "random"),
-    "mode": tuple(MODES),
-    "device": ("auto", "cuda", "cpu"),
-    "dtype": ("auto", "bf16", "fp32"),
-    "log_format": ("text", "json"),
-}
-
-
-def _check_choices(**values: str) -> None:
-    """Usage errors (exit 2) for flags with a fixed set of values."""
-    for name, value in values.items():
-        allowed = _CHOICES[name]
-        if value not in allowed:
-            flag = "--" + name.replace("_", "-")
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=flag)
-
-
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(epilog=CONVERT_EXAMPLES + "\n" + EXIT_CODES_HELP)
 def convert(
     inputs: Annotated[
         list[str],
         typer.Argument(
-            help="PDFs, images, folders (recursive), quoted globs, @list.txt, or - for paths on stdin.",
+            help="PDFs, images, folders (recursive), quoted globs, @list.txt, "
+            "or - for paths on stdin.",
             show_default=False,
             metavar="INPUT",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors the input tree).")] = Path(
-        "ocrprune-out"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            envvar="OCRPRUNE_OUT",
+            show_envvar=True,
+            metavar="DIR",
+            help="Output folder (mirrors the input tree).",
+        ),
+    ] = Path("ocrprune-out"),
+    base: Annotated[
+        Optional[Path],
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            metavar="DIR",
+            show_default="the current folder",
+            help="Output paths are the inputs' paths relative to DIR, "
+            "the same whatever else is in the run.",
+        ),
+    ] = None,
     keep: Annotated[
         str,
         typer.Option(
-            help="Visual tokens to keep: 'auto' (RTPrune's per-page ratio) or a fraction in (0, 1]; 1 = no pruning.",
+            envvar="OCRPRUNE_KEEP",
+            show_envvar=True,
+            metavar="auto|FRACTION",
+            help="Visual tokens to keep: 'auto' (RTPrune's per-page ratio) "
+            "or a fraction in (0, 1]; 1 = no pruning.",
             callback=_keep_callback,
         ),
     ] = "auto",
@@ -211,26 +421,66 @@ def convert(
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    engine: EngineOpt = "hf",
     batch_size: Annotated[
-        Optional[int], typer.Option(min=1, help="Pages per GPU batch (default: from free memory and mode).")
+        Optional[int],
+        typer.Option(
+            min=1,
+            envvar="OCRPRUNE_BATCH_SIZE",
+            show_envvar=True,
+            help="Pages per GPU batch (default: from free memory and mode).",
+        ),
     ] = None,
     max_new_tokens: MaxNewTokensOpt = 8192,
     page_timeout: Annotated[
-        Optional[float], typer.Option(min=0.1, help="Seconds of generation per batch before pages time out.")
+        Optional[float],
+        typer.Option(min=0.1, help="Seconds of generation per batch before pages time out."),
     ] = None,
     dpi: DpiOpt = 144,
     pages: PagesOpt = None,
     password: PasswordOpt = None,
+    password_file: PasswordFileOpt = None,
+    render_timeout: RenderTimeoutOpt = DEFAULT_RENDER_TIMEOUT,
+    renderer: RendererOpt = "mupdf",
     glob: GlobOpt = None,
-    format: Annotated[str, typer.Option("--format", help="md, json or md,json.", callback=_formats_callback)] = "md,json",
+    null: Annotated[
+        bool,
+        typer.Option(
+            "--null",
+            "-0",
+            help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` writes them.",
+        ),
+    ] = False,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="md,json",
+            help="Output files: md, json or both.",
+            callback=_formats_callback,
+        ),
+    ] = "md,json",
     page_separator: Annotated[
-        str, typer.Option(help="Text between pages in Markdown.")
+        str,
+        typer.Option(
+            metavar="TEXT",
+            show_default=r"\n\n<--- Page Split --->\n\n",
+            help="Text between pages in Markdown.",
+        ),
     ] = "\n\n<--- Page Split --->\n\n",
     stdout: Annotated[
-        bool, typer.Option("--stdout", help="Write Markdown (one input) or JSON Lines (one line per page) to stdout.")
+        bool,
+        typer.Option(
+            "--stdout",
+            help="Write Markdown (one input) or JSON Lines (one line per page) to stdout.",
+        ),
     ] = False,
-    force: Annotated[bool, typer.Option(help="Redo documents already converted with the same options.")] = False,
-    retry_failed: Annotated[bool, typer.Option(help="Redo documents that had failed pages.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Redo documents already converted with the same options.")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Redo documents that had failed pages.")
+    ] = False,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failure.")] = False,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
@@ -238,17 +488,30 @@ def convert(
     log_format: LogFormatOpt = "text",
 ) -> None:
     """Convert documents to Markdown and JSON, with a per-page timing and token report."""
-    _check_choices(prune_method=prune_method, mode=mode, device=device, dtype=dtype, log_format=log_format)
+    if null and "-" not in inputs:
+        raise typer.BadParameter(
+            "it applies to paths read from stdin: add - to the inputs", param_hint="'--null'"
+        )
+    secret = resolve_password(password, password_file)
     setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
     config = RunConfig(
         inputs=tuple(inputs),
         out=out,
-        model=ModelConfig(model=model, revision=revision, device=device, dtype=dtype, seed=seed),  # type: ignore[arg-type]
-        prune=PruneConfig(keep=parse_keep(keep), method=prune_method, seed=seed),  # type: ignore[arg-type]
+        model=ModelConfig(model=model, revision=revision, device=device, dtype=dtype, seed=seed),
+        prune=PruneConfig(keep=parse_keep(keep), method=prune_method, seed=seed),
         generation=GenerationSettings(
-            mode=mode, prompt=resolve_prompt(prompt), max_new_tokens=max_new_tokens, page_timeout=page_timeout
+            mode=mode,
+            prompt=resolve_prompt(prompt),
+            max_new_tokens=max_new_tokens,
+            page_timeout=page_timeout,
         ),
-        raster=RasterConfig(dpi=dpi, password=password, pages=parse_pages(pages)),
+        raster=RasterConfig(
+            dpi=dpi,
+            password=secret,
+            pages=parse_pages(pages),
+            render_timeout=render_timeout_seconds(render_timeout),
+            renderer=renderer,
+        ),
         formats=tuple(sorted({f.strip().lower() for f in format.split(",") if f.strip()})),
         glob=glob,
         batch_size=batch_size,
@@ -257,8 +520,11 @@ def convert(
         force=force,
         retry_failed=retry_failed,
         fail_fast=fail_fast,
+        base=base,
+        null_input=null,  # type: ignore[arg-type]
+        engine=engine,
     )
-    raise typer.Exit(_run_convert(config, quiet, verbose))
+    raise typer.Exit(_run_convert(config, quiet, log_format))
 
 
 T = TypeVar("T")
@@ -271,6 +537,11 @@ def _guarded(progress: ProgressView, work: Callable[[], T]) -> T:
     except OcrpruneError as exc:
         log.error("%s", exc)
         raise typer.Exit(int(exc.exit_code)) from None
+    except StdoutClosed:
+        # The reader took what it wanted: no traceback, no summary; failures already logged
+        # before the pipe closed still make the exit code 3.
+        log.debug("stdout was closed by its reader; stopping")
+        raise typer.Exit(int(ExitCode.PARTIAL if errors_logged() else ExitCode.OK)) from None
     except KeyboardInterrupt:
         log.error("interrupted")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
@@ -281,12 +552,11 @@ def _guarded(progress: ProgressView, work: Callable[[], T]) -> T:
         progress.close()
 
 
-def _run_convert(config: RunConfig, quiet: bool, verbose: bool) -> int:
+def _run_convert(config: RunConfig, quiet: bool, log_format: str) -> int:
     """Run the pipeline and map its outcome or exception to an exit code."""
     from . import pipeline
-    from .report import render_summary
 
-    progress = ProgressView(enabled=not quiet)
+    progress = ProgressView(enabled=not quiet, bar=log_format == "text")
     stdin = sys.stdin if "-" in config.inputs else None
 
     def work() -> "pipeline.RunOutcome":
@@ -297,10 +567,21 @@ def _run_convert(config: RunConfig, quiet: bool, verbose: bool) -> int:
 
     outcome = _guarded(progress, work)
     if not quiet and outcome.report is not None:
-        sys.stderr.write(render_summary(outcome.report))
-        if not config.stdout:
-            sys.stderr.write(f"outputs in {config.out}/ (report.json, pages.csv)\n")
+        _print_summary(outcome.report, None if config.stdout else config.out, log_format)
     return int(outcome.exit_code)
+
+
+def _print_summary(report: dict[str, object], out: Path | None, log_format: str) -> None:
+    """The run summary on stderr: a table, or one `{"event": "summary", ...}` JSON line."""
+    if log_format == "json":
+        fields = dict(report) | ({"outputs": str(out)} if out is not None else {})
+        log.info("summary", extra={"event": "summary", "fields": fields})
+        return
+    from .report import render_summary
+
+    sys.stderr.write(render_summary(report))
+    if out is not None:
+        sys.stderr.write(f"outputs in {out}/ (report.json, pages.csv)\n")
 
 
 def _keeps_callback(value: str) -> str:
@@ -313,20 +594,31 @@ def _keeps_callback(value: str) -> str:
     return value
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(epilog=SWEEP_EXAMPLES + "\n" + EXIT_CODES_HELP)
 def sweep(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Documents to measure (same forms as for convert).", show_default=False, metavar="INPUT"),
+        typer.Argument(
+            help="Documents to measure (same forms as for convert).",
+            show_default=False,
+            metavar="INPUT",
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for sweep.json and sweep.png.")] = Path(
-        "ocrprune-sweep"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for sweep.json and sweep.png.")
+    ] = Path("ocrprune-sweep"),
     keep: Annotated[
-        str, typer.Option(help="Comma-separated keep settings to compare with the unpruned run.", callback=_keeps_callback)
+        str,
+        typer.Option(
+            help="Comma-separated keep settings to compare with the unpruned run.",
+            callback=_keeps_callback,
+        ),
     ] = "1,0.8,0.6,0.4,auto",
     threshold: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Fidelity the recommended keep must reach (1 - edit distance).")
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Fidelity the recommended keep must reach (1 - edit distance)."
+        ),
     ] = 0.98,
     prune_method: PruneMethodOpt = "rtprune",
     mode: ModeOpt = "gundam",
@@ -335,38 +627,55 @@ def sweep(
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    engine: EngineOpt = "hf",
     batch_size: Annotated[int, typer.Option(min=1, help="Pages per batch.")] = 1,
     max_new_tokens: MaxNewTokensOpt = 8192,
     dpi: DpiOpt = 144,
     pages: PagesOpt = None,
     password: PasswordOpt = None,
+    password_file: PasswordFileOpt = None,
+    render_timeout: RenderTimeoutOpt = DEFAULT_RENDER_TIMEOUT,
+    renderer: RendererOpt = "mupdf",
     glob: GlobOpt = None,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     log_format: LogFormatOpt = "text",
 ) -> None:
-    """Run documents unpruned and at each keep setting; report speedup and fidelity, and recommend a keep."""
+    """Run documents unpruned and at each keep setting; report speedup and fidelity, and
+    recommend a keep."""
     from .sweep import SweepConfig, parse_keeps, render_sweep_table, run_sweep
 
-    _check_choices(prune_method=prune_method, mode=mode, device=device, dtype=dtype, log_format=log_format)
+    secret = resolve_password(password, password_file)
     setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
     config = SweepConfig(
         inputs=tuple(inputs),
         out=out,
         keeps=parse_keeps(keep),
         threshold=threshold,
-        model=ModelConfig(model=model, revision=revision, device=device, dtype=dtype, seed=seed),  # type: ignore[arg-type]
-        generation=GenerationSettings(mode=mode, prompt=resolve_prompt(prompt), max_new_tokens=max_new_tokens),
-        raster=RasterConfig(dpi=dpi, password=password, pages=parse_pages(pages)),
-        method=prune_method,  # type: ignore[arg-type]
+        model=ModelConfig(model=model, revision=revision, device=device, dtype=dtype, seed=seed),
+        generation=GenerationSettings(
+            mode=mode, prompt=resolve_prompt(prompt), max_new_tokens=max_new_tokens
+        ),
+        raster=RasterConfig(
+            dpi=dpi,
+            password=secret,
+            pages=parse_pages(pages),
+            render_timeout=render_timeout_seconds(render_timeout),
+            renderer=renderer,
+        ),
+        method=prune_method,
         seed=seed,
         batch_size=batch_size,
         glob=glob,
+        engine=engine,
     )
-    progress = ProgressView(enabled=not quiet)
+    progress = ProgressView(enabled=not quiet, bar=log_format == "text")
     report = _guarded(progress, lambda: run_sweep(config, progress=progress))
-    if not quiet:
+    if not quiet and log_format == "json":
+        fields = {k: v for k, v in json.loads(report.to_json()).items() if k != "pages"}
+        log.info("summary", extra={"event": "summary", "fields": fields})
+    elif not quiet:
         sys.stderr.write(render_sweep_table(report))
     raise typer.Exit(int(report.exit_code))
 
@@ -374,6 +683,8 @@ def sweep(
 def main() -> None:
     """Console entry point."""
     try:
-        app()
+        # One program name however it was started (`ocrprune`, `python -m ocrprune`), so usage
+        # lines and the shell-completion script name the command users type.
+        app(prog_name="ocrprune")
     except KeyboardInterrupt:
         sys.exit(int(ExitCode.INTERRUPTED))

@@ -185,6 +185,8 @@ class RunConfig:
     # Output paths are the inputs' paths relative to `base` (None: the current folder), so the
     # same input always maps to the same output, whatever else is in the run.
     base: Path | None = None
+    null_input: bool = False  # `-` reads NUL-separated paths (find -print0)
+    engine: Literal["hf", "vllm"] = "hf"  # what decodes: transformers `generate` or vLLM
 
     def __post_init__(self) -> None:
         bad = set(self.formats) - {"md", "json"}
@@ -192,3 +194,5 @@ class RunConfig:
             raise ValueError(f"unknown format(s): {', '.join(sorted(bad))}; use md,json")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
+        if self.engine not in ("hf", "vllm"):
+            raise ValueError(f"unknown engine {self.engine!r}; use hf or vllm")

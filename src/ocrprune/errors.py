@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from .names import escape_name
+
 
 class ExitCode(IntEnum):
     """The process exit status contract, documented in `--help` and the README."""
@@ -19,7 +21,8 @@ class ExitCode(IntEnum):
     NOTHING_SUCCEEDED = 4
     ENVIRONMENT = 5
     OUTPUT_NOT_WRITABLE = 6
-    INTERRUPTED = 130
+    BUSY = 75  # EX_TEMPFAIL: another run holds the output folder; try again later
+    INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143 and SIGHUP 129 (128 + signal number)
 
 
 class OcrpruneError(Exception):
@@ -42,14 +45,26 @@ class InputError(OcrpruneError):
     def __init__(self, path: str, kind: str, detail: str, page: int | None = None) -> None:
         self.path = path
         self.kind = kind
-        self.detail = detail
+        # Library messages can quote undecodable names or span lines: keep every report one line.
+        self.detail = escape_name(detail)
         self.page = page
-        where = f"{path}" if page is None else f"{path} page {page}"
-        super().__init__(f"{where}: {kind}: {detail}")
+        shown = escape_name(path)
+        where = shown if page is None else f"{shown} page {page}"
+        super().__init__(f"{where}: {kind}: {self.detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Picklable (render workers and other processes send these back): rebuild from the fields.
+        return (type(self), (self.path, self.kind, self.detail, self.page))
 
 
 class ModelLoadError(OcrpruneError):
     """The model or tokenizer cannot be loaded (offline with no cache, bad folder, no safetensors)."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
+
+class DependencyError(OcrpruneError):
+    """An optional package the chosen feature needs is not installed (e.g. vLLM for --engine vllm)."""
 
     exit_code = ExitCode.ENVIRONMENT
 
@@ -64,3 +79,17 @@ class OutputError(OcrpruneError):
     """The output folder cannot be written, or a path would escape it."""
 
     exit_code = ExitCode.OUTPUT_NOT_WRITABLE
+
+
+class BusyError(OcrpruneError):
+    """Another ocrprune run is writing to the same output folder (an overrunning cron job)."""
+
+    exit_code = ExitCode.BUSY
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived: stop like Ctrl-C; the exit code is 128 + `signum`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

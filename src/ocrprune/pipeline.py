@@ -1,38 +1,61 @@
-"""`run(config) -> RunOutcome`: inputs, streaming raster, GPU batches, writers, report.
+"""`run(config) -> RunOutcome`: inputs, streaming raster, batches, writers, report.
 
-Guarantees, whatever the inputs:
-- every document ends written (or skipped as already done) or as a named failure, and every page
-  that went in has exactly one status out; nothing is dropped;
+The batch contract, whatever the inputs and whatever the model side does:
+- every input ends written, skipped as already done (reported with the statuses its manifest
+  recorded), or as a named failure; every page that went in has exactly one status out. This is
+  checked at the end of the run: a document or page the pipeline lost becomes an `internal`
+  failure in the report instead of vanishing;
 - pages from many documents share batches, and each document's pages are written in page order;
 - memory stays bounded: only the render queue and the current batch hold page images;
-- a document's outputs are written atomically, its manifest last, only once all its pages are done,
-  so a crash or Ctrl-C never leaves a file a re-run would trust;
+- each finished page is checkpointed under `.ocrprune/` as it completes, so an interrupted run
+  resumes at the first unfinished page; a document's final files appear atomically, manifest last,
+  once all its pages are done, byte-identical to an uninterrupted run's (timings aside);
+- SIGINT, SIGTERM and SIGHUP stop the run the same way: finished documents and page checkpoints are
+  kept, the report says `interrupted`, and the exit code is 128 + the signal number;
+- one run at a time writes into an output folder (`RunLock`, exit 75 for the second);
 - the pipeline raises `OcrpruneError`s for run-level problems and never exits or prints.
 
-Torch and transformers are imported inside `run()` only (through the runtime), so the CLI starts
-instantly and this module can be imported anywhere.
+Torch and transformers are imported only once there is a document to convert (after the inputs
+are expanded and the output folder is checked), so usage problems, missing inputs, an unwritable
+`--out` and an empty input set are reported at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
 import resource
+import secrets
+import signal
+import stat
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from . import __version__
-from .batching import auto_batch_size, halves
+from .backend import Backend, describe_run, open_backend, run_info_for  # noqa: F401 - run_info_for re-exported
+from .batching import BatchFailure, run_split
 from .config import RunConfig, keep_label
-from .errors import ExitCode, InputError
-from .inputs import Document, expand_inputs
-from .postprocess import postprocess_page
+from .errors import ExitCode, InputError, Interrupted
+from .inputs import Document, expand_inputs, fallback_rel
+from .loops import ends_in_loop
+from .names import escape_name
 from .progress import NoProgress, ProgressSink
-from .raster import DocDone, DocFailed, DocOpened, PageRendered, PageStream, RenderedPage
-from .records import DocResult, KeepInfo, PageResult, RunInfo, RunSummary, Timings
+from .records import (
+    DocResult,
+    KeepInfo,
+    PageResult,
+    RunInfo,
+    RunSummary,
+    Timings,
+    page_from_record,
+    page_to_record,
+)
 from .report import build_report, exit_code_for, pages_csv, summarize
 from .resume import expected_revision, output_options
 from .writers import files
@@ -40,18 +63,20 @@ from .writers.json import render_json, render_jsonl
 from .writers.markdown import render_markdown
 
 if TYPE_CHECKING:
-    from .runtime.engine import PageOutput
+    from .backend import PageOutput
+    from .raster import RenderedPage
 
 log = logging.getLogger("ocrprune")
 
-# A document whose output name equals the run report's would overwrite it (`report.json`).
-_RESERVED_STEMS = {"report"}
+_STATUS_NOTES = {
+    "length": "stopped at the token limit without end-of-sequence (text kept; raise --max-new-tokens)",
+    "repetition": "stopped at the token limit in a loop (the output repeats itself)",
+    "timeout": "generation stopped at --page-timeout",
+}
 
 
-class PageEngine(Protocol):
-    """What the pipeline needs from the model runtime (the seam tests inject failures at)."""
-
-    def run(self, images: list[Any]) -> list["PageOutput"]: ...
+# What the pipeline needs from the model runtime (the seam tests inject failures at).
+PageEngine = Backend
 
 
 @dataclass
@@ -61,7 +86,7 @@ class RunOutcome:
     summary: RunSummary
     docs: list[DocResult]
     report: dict[str, Any] | None
-    exit_code: ExitCode
+    exit_code: ExitCode | int
     run_info: RunInfo | None = None
 
 
@@ -69,10 +94,14 @@ class RunOutcome:
 class _DocState:
     """A document in flight: its pages arrive out of batch order and are sorted at the end."""
 
+    index: int
     doc: Document
+    shown: str  # the escaped display name used in every record and log line
     rel: PurePosixPath
-    digest: str
     paths: files.DocPaths | None
+    digest: str = ""
+    key: dict[str, Any] = field(default_factory=dict)
+    reuse: dict[int, PageResult] = field(default_factory=dict)  # checkpointed pages
     expected: list[int] = field(default_factory=list)
     results: dict[int, PageResult] = field(default_factory=dict)
     opened: bool = False
@@ -91,8 +120,49 @@ def _peak_rss_mb() -> float:
     return usage / 1024.0 if sys.platform != "darwin" else usage / 1024.0 / 1024.0
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into `Interrupted(signum)` for the length of a run.
+
+    `timeout`, systemd, Docker, Kubernetes and Slurm stop jobs with SIGTERM; a closed terminal
+    sends SIGHUP. All three then stop the run like Ctrl-C. Only the main thread can install
+    handlers; elsewhere (a library caller's worker thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.signal(sig, interrupt) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def input_digest(doc: Document) -> str:
+    """SHA-256 of an input, opened without blocking and only if it is still a regular file
+    (an input replaced by a FIFO after listing would otherwise hang the run)."""
+    try:
+        fd = os.open(doc.path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise InputError(doc.display, "missing", "the file no longer exists") from None
+    except OSError as exc:
+        raise InputError(doc.display, "unreadable", exc.strerror or str(exc)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(doc.display, "not_a_document", "no longer a regular file")
+        digest = hashlib.sha256()
+        while block := os.read(fd, 1 << 20):
+            digest.update(block)
+        return digest.hexdigest()
+    except OSError as exc:
+        raise InputError(doc.display, "unreadable", exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
 
 
 class _Run:
@@ -110,64 +180,85 @@ class _Run:
         self.emit = emit
         self.engine_factory = engine_factory
         self.docs_out: list[DocResult] = []
-        self.skipped = 0
         self.stop = False
+        self.signal = 0
         self.run_info: RunInfo | None = None
         self.engine: PageEngine | None = None
         self.batch_size = 1
         self.single_stdout_doc = False
         self.options: dict[str, Any] = {}
+        self.revision: str | None = None
+        self.dtype_name: str = config.model.dtype
+        self.inputs_total = 0
+        self.nothing_to_do = False
+        self.output_ready = False
+        self.pending_records: list[DocResult] = []  # stdout: failures emitted once run_info is known
+        # Sortable by start time, unique even for two runs in the same second.
+        now = time.time_ns()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now // 1000 % 10**6:06d}Z"
+        self.run_id = f"{stamp}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.stack = contextlib.ExitStack()
 
     # -- documents ---------------------------------------------------------------------------
-    def _fail_doc(self, display: str, rel: PurePosixPath | None, error: InputError) -> None:
-        log.error("%s", error, extra={"file": display, "kind": error.kind})
-        stem = rel.name if rel is not None else display
-        self.docs_out.append(DocResult(source=display, stem=stem, error=str(error), error_kind=error.kind))
+    def _record(self, result: DocResult) -> None:
+        self.docs_out.append(result)
+        self.progress.document_finished()
+
+    def _fail_input(self, error: InputError, rel: PurePosixPath | None = None) -> None:
+        """An input that never reached the raster stream (missing, unreadable, vanished)."""
+        log.error("%s", error, extra={"file": escape_name(error.path), "kind": error.kind})
+        shown = escape_name(error.path)
+        stem = rel.name if rel is not None else shown
+        result = DocResult(source=shown, stem=stem, error=error.detail, error_kind=error.kind)
+        self._record(result)
+        if self.emit is not None:
+            self.pending_records.append(result)
         if self.config.fail_fast:
             self.stop = True
+
+    def _log_pages(self, state: _DocState, pages: tuple[PageResult, ...]) -> None:
+        for page in pages:
+            if page.status != "ok":  # an error, so that `-q` still names every page that is not ok
+                log.error(
+                    "%s page %d: %s%s",
+                    state.shown,
+                    page.page,
+                    page.status,
+                    f": {page.error}" if page.error else "",
+                    extra={"file": state.shown, "page": page.page, "kind": page.status},
+                )
 
     def _finish(self, state: _DocState) -> None:
         """Write a complete document (outputs then manifest) and record it."""
         pages = tuple(state.results[p] for p in sorted(state.results))
-        error = str(state.error) if state.error is not None else None
+        error = state.error.detail if state.error is not None else None
         kind = state.error.kind if state.error is not None else None
-        if state.error is not None and not state.opened:
-            self._fail_doc(state.doc.display, state.rel, state.error)
-            self.progress.document_finished()
-            return
         result = DocResult(
-            source=state.doc.display,
+            source=state.shown,
             stem=state.rel.name,
             pages=pages,
             error=error,
             error_kind=kind,
             page_count=len(state.expected),
         )
-        self.docs_out.append(result)
-        self.progress.document_finished()
+        self._record(result)
         if state.error is not None:
-            log.error("%s", state.error, extra={"file": state.doc.display, "kind": state.error.kind})
-        for page in pages:
-            if page.status != "ok":
-                log.warning(
-                    "%s page %d: %s%s",
-                    state.doc.display,
-                    page.page,
-                    page.status,
-                    f": {page.error}" if page.error else "",
-                    extra={"file": state.doc.display, "page": page.page, "kind": page.status},
-                )
+            log.error("%s", state.error, extra={"file": state.shown, "kind": state.error.kind})
+        self._log_pages(state, pages)
         if self.config.fail_fast and not result.ok:
             self.stop = True
         assert self.run_info is not None
         image_dir = f"{state.rel.name}_images"
         if self.emit is not None:
-            if self.single_stdout_doc:
-                self.emit(render_markdown(result, page_separator=self.config.page_separator, image_dir=image_dir))
-            else:
-                self.emit(render_jsonl(result, self.run_info, image_dir=image_dir))
+            self._emit_document(result)
             return
         assert state.paths is not None
+        if state.error is not None and not state.opened:
+            # Nothing readable: write nothing (a re-run tries again, e.g. with --password), and
+            # remove what an earlier run wrote for this input so old text is never taken for new.
+            if files.remove_document(state.paths):
+                log.warning("%s: removed the outputs of an earlier conversion (the input now fails)", state.shown)
+            return
         markdown = (
             render_markdown(result, page_separator=self.config.page_separator, image_dir=image_dir)
             if "md" in self.config.formats
@@ -175,19 +266,46 @@ class _Run:
         )
         json_text = render_json(result, self.run_info, image_dir=image_dir) if "json" in self.config.formats else None
         figures = [f for page in pages for f in page.figures]
-        manifest = files.manifest_for(
+        manifest = files.manifest_for(  # the same key `_plan` checks a re-run against
             state.digest,
             self.options,
-            self.run_info.model,
-            self.run_info.revision,
+            self.config.model.model,
+            self.revision,
             [p.status for p in pages],
+            source=state.shown,
+            source_path=escape_name(os.path.normpath(state.doc.path)),
+            pages=[page_to_record(p, full=False) for p in pages],
+            error=error,
+            error_kind=kind,
         )
         files.write_document(state.paths, markdown, json_text, figures, manifest)
+        if result.ok:
+            files.clear_checkpoints(state.paths)
         log.debug("wrote %s", state.paths.md if markdown is not None else state.paths.json)
 
+    def _emit_document(self, result: DocResult) -> None:
+        assert self.emit is not None and self.run_info is not None
+        if self.single_stdout_doc and self.config.formats == ("json",):
+            self.emit(render_json(result, self.run_info, figures_written=False))
+        elif self.single_stdout_doc:
+            self.emit(
+                render_markdown(
+                    result, page_separator=self.config.page_separator, image_dir="", figures_written=False
+                )
+            )
+        else:
+            self.emit(render_jsonl(result, self.run_info, figures_written=False))
+
     # -- pages ---------------------------------------------------------------------------------
-    def _page_result(self, page: RenderedPage, output: "PageOutput") -> PageResult:
-        markdown, boxes, figures = postprocess_page(output.raw_text, page.image, page.page)
+    def _set_page(self, state: _DocState, result: PageResult) -> None:
+        """Record a finished page and checkpoint it, so a re-run never redoes it."""
+        state.results[result.page] = result
+        if state.paths is not None and state.key:
+            files.save_checkpoint(state.paths, state.key, page_to_record(result))
+
+    def _page_result(self, page: "RenderedPage", output: "PageOutput") -> PageResult:
+        from .postprocess import postprocess_page
+
         timings = Timings(
             render=page.render_ms,
             preprocess=output.preprocess_ms,
@@ -203,13 +321,19 @@ class _Run:
             + output.decode_ms,
         )
         width, height = page.image.size if page.image is not None else (0, 0)
-        note = {
-            "repetition": "no end-of-sequence before the token limit (repetition or runaway)",
-            "timeout": "generation stopped at --page-timeout",
-        }.get(output.status)
+        status = output.status
+        if status == "length" and ends_in_loop(output.token_ids, output.raw_text):
+            status = "repetition"  # capped, and the output repeats itself (see `loops.py`)
+        note = output.error or _STATUS_NOTES.get(status)
+        try:
+            markdown, boxes, figures = postprocess_page(output.raw_text, page.image, page.page)
+        except Exception as exc:  # noqa: BLE001 - a failure after the model costs this page only
+            log.debug("post-processing failed on page %d", page.page, exc_info=True)
+            markdown, boxes, figures = "", (), ()
+            status, note = "model_error", f"post-processing failed: {type(exc).__name__}: {exc}"
         return PageResult(
             page=page.page,
-            status=output.status,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
             markdown=markdown,
             raw_text=output.raw_text,
             boxes=boxes,
@@ -222,7 +346,7 @@ class _Run:
             error=note,
         )
 
-    def _failed_page(self, page: RenderedPage, status: str, message: str) -> PageResult:
+    def _failed_page(self, page: "RenderedPage", status: str, message: str) -> PageResult:
         width, height = page.image.size if page.image is not None else (0, 0)
         return PageResult(
             page=page.page,
@@ -234,106 +358,171 @@ class _Run:
             error=message,
         )
 
-    def _run_pages(self, items: list[tuple[_DocState, RenderedPage]]) -> None:
-        """Run a batch; on out-of-memory halve it down to one page, then mark the page failed."""
-        assert self.engine is not None
-        try:
-            outputs = self.engine.run([page.image for _, page in items])
-        except Exception as exc:  # noqa: BLE001 - the per-page boundary: record and go on
-            recover = getattr(self.engine, "recover", None)
-            if recover is not None:
-                recover()
-            if len(items) > 1:
-                kind = "out of memory" if _is_oom(exc) else type(exc).__name__
-                log.info("batch of %d pages failed (%s); retrying in smaller batches", len(items), kind)
-                first, second = halves(items)
-                self._run_pages(first)
-                self._run_pages(second)
-                return
-            state, page = items[0]
-            what = "CUDA out of memory" if _is_oom(exc) else f"{type(exc).__name__}: {exc}"
-            log.debug("model error on %s page %d", state.doc.display, page.page, exc_info=True)
-            state.results[page.page] = self._failed_page(page, "model_error", what)
-            return
-        for (state, page), output in zip(items, outputs):
-            state.results[page.page] = self._page_result(page, output)
+    def _run_pages(self, items: list[tuple[_DocState, "RenderedPage"]]) -> None:
+        """Run a batch through the shared driver (split on failure, one result per page)."""
+        engine = self.engine
+        assert engine is not None
+
+        def deliver(item: tuple[_DocState, "RenderedPage"], output: "PageOutput | BatchFailure") -> None:
+            state, page = item
+            if isinstance(output, BatchFailure):
+                self._set_page(state, self._failed_page(page, "model_error", output.message))
+            else:
+                self._set_page(state, self._page_result(page, output))
+
+        run_split(items, lambda batch: engine.run([page.image for _, page in batch]), deliver, engine.recover)
 
     # -- the run -------------------------------------------------------------------------------
     def execute(self, stdin: TextIO | None) -> RunOutcome:
-        config = self.config
         started = time.perf_counter()
-        docs, problems = expand_inputs(list(config.inputs), glob=config.glob, stdin=stdin)
-        self.progress.start(len(docs) + len(problems))
+        with self.stack, signals_as_interrupts():
+            try:
+                self._prepare_and_convert(stdin)
+            except KeyboardInterrupt as exc:
+                self.signal = exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
+                name = signal.Signals(self.signal).name
+                log.error(
+                    "interrupted (%s): finished documents and pages are kept; re-run to convert the rest",
+                    name,
+                )
+            finally:
+                self.progress.close()
+            return self._conclude(started)
+
+    def _prepare_and_convert(self, stdin: TextIO | None) -> None:
+        config = self.config
+        docs, problems = expand_inputs(
+            list(config.inputs),
+            glob=config.glob,
+            stdin=stdin,
+            base=config.base,
+            out=None if self.emit is not None else config.out,
+            null=config.null_input,
+        )
+        self.inputs_total = len(docs) + len(problems)
+        self.progress.start(self.inputs_total)
         for problem in problems:
-            self._fail_doc(problem.path, None, problem)
+            self._fail_input(problem)
+        if not docs and not problems:
+            self.nothing_to_do = True
+            log.warning("nothing to do: no documents found in %s", ", ".join(escape_name(i) for i in config.inputs))
+            return
         self.single_stdout_doc = self.emit is not None and len(docs) == 1 and not problems
+        if self.emit is None:
+            files.prepare_output_root(config.out)
+            self.stack.enter_context(files.RunLock(config.out))
+            self.output_ready = True
+        if not docs or self.stop:
+            return  # every input failed: said without loading torch or a model
 
         from .runtime.loading import dtype_label, select_device, select_dtype
 
-        dtype_name = dtype_label(select_dtype(config.model.dtype, select_device(config.model.device)))
-        self.options = output_options(config, dtype_name)
-        revision = expected_revision(config)
-        layout = None
-        if self.emit is None:
-            files.check_writable(config.out)
-            layout = files.OutputLayout(config.out)
+        self.dtype_name = dtype_label(select_dtype(config.model.dtype, select_device(config.model.device)))
+        self.options = output_options(config, self.dtype_name)
+        self.revision = expected_revision(config)
+        layout = files.OutputLayout(config.out) if self.emit is None else None
         pending: list[_DocState] = []
-        for doc in docs:
-            rel = doc.rel
-            if str(rel).lower() in _RESERVED_STEMS:
-                rel = rel.with_name(rel.name + "_doc")
-            paths = layout.paths_for(rel) if layout is not None else None
-            # The input hash keys the resume manifest; with --stdout nothing is written or resumed.
-            digest = files.file_sha256(doc.path) if paths is not None else ""
-            if paths is not None and not config.force:
-                key = files.manifest_key(digest, self.options, config.model.model, revision)
-                done = files.is_done(paths, key, config.formats)
-                if done and not (config.retry_failed and files.has_failed_pages(paths)):
-                    self.skipped += 1
-                    self.progress.document_finished()
-                    log.debug("skipping %s: already done with the same options", doc.display)
-                    continue
-            pending.append(_DocState(doc=doc, rel=rel, digest=digest, paths=paths))
-        if self.skipped:
-            log.info("skipped %d document(s) already converted with the same options (use --force to redo)", self.skipped)
-
-        interrupted = False
+        for index, doc in enumerate(docs):
+            state = self._plan(index, doc, layout)
+            if state is not None:
+                pending.append(state)
+            if self.stop:
+                break
+        skipped = [d for d in self.docs_out if d.skipped]
+        if skipped:
+            log.info("skipped %d document(s) already converted with the same options (use --force to redo)", len(skipped))
+            not_ok = sum(1 for d in skipped if not d.ok)
+            if not_ok:
+                log.warning(
+                    "%d skipped document(s) have failed or capped pages recorded; --retry-failed redoes those pages",
+                    not_ok,
+                )
         if pending and not self.stop:
-            interrupted = self._convert(pending)
+            self._convert(pending)
+
+    def _plan(self, index: int, doc: Document, layout: files.OutputLayout | None) -> _DocState | None:
+        """Where a document goes and what is already done: None if skipped or failed here."""
+        shown = escape_name(doc.display)
+        if layout is None:
+            return _DocState(index=index, doc=doc, shown=shown, rel=doc.rel, paths=None)
+        rel = doc.rel
+        paths = layout.paths_for(rel)
+        source_path = escape_name(os.path.normpath(doc.path))
+        if files.taken_by_other(paths, source_path):
+            rel = fallback_rel(rel, os.fspath(doc.path))
+            log.warning("%s: output name %s is taken; writing to %s", shown, escape_name(str(doc.rel)), escape_name(str(rel)))
+            paths = layout.paths_for(rel)
+        try:
+            digest = input_digest(doc)
+        except InputError as error:
+            self._fail_input(error, rel)
+            return None
+        key = files.manifest_key(digest, self.options, self.config.model.model, self.revision)
+        state = _DocState(index=index, doc=doc, shown=shown, rel=rel, paths=paths, digest=digest, key=key)
+        if self.config.force:
+            files.clear_checkpoints(paths)
+            return state
+        if files.is_done(paths, key, self.config.formats):
+            recorded = _recorded_document(shown, rel, files.read_manifest(paths) or {})
+            if not (self.config.retry_failed and not recorded.ok):
+                self._record(recorded)
+                log.debug("skipping %s: already done with the same options", shown)
+                return None
+        for page_no, record in files.load_checkpoints(paths, key).items():
+            try:
+                page = page_from_record(record)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if self.config.retry_failed and page.status != "ok":
+                continue
+            state.reuse[page_no] = page
+        if state.reuse:
+            log.info("%s: resuming, %d page(s) already converted", shown, len(state.reuse))
+        return state
+
+    def _conclude(self, started: float) -> RunOutcome:
+        """Account for every input, build the report and write it (also after an interrupt)."""
+        config = self.config
         if self.run_info is None:
             self.run_info = describe_run(
                 config,
                 model=config.model.model,
-                revision=revision,
+                revision=self.revision if self.revision is not None else expected_revision(config),
                 device=config.model.device,
-                dtype=dtype_name,
+                dtype=self.dtype_name,
                 dummy=config.model.is_tiny_random,
             )
-        # Documents that never finished (fail-fast or Ctrl-C) are not written and not counted as
-        # done; a re-run converts them.
-        summary = summarize(
-            self.docs_out,
-            skipped=self.skipped,
-            wall_seconds=time.perf_counter() - started,
-            interrupted=interrupted,
-        )
-        peak_gpu = getattr(self.engine, "peak_gpu_mb", lambda: None)() if self.engine is not None else None
+        for result in self.pending_records:
+            if self.emit is not None:
+                self.emit(render_jsonl(result, self.run_info, figures_written=False))
+        accounted = len(self.docs_out)
+        if not self.signal and not self.stop and accounted != self.inputs_total:
+            # Never drop an input silently: if the pipeline lost one, say so as a failure.
+            log.error("internal error: %d input(s) not accounted for", self.inputs_total - accounted)
+            for _ in range(self.inputs_total - accounted):
+                self.docs_out.append(
+                    DocResult(source="?", stem="?", error="lost by the pipeline (a bug)", error_kind="internal")
+                )
+        summary = summarize(self.docs_out, wall_seconds=time.perf_counter() - started, signal=self.signal)
+        if self.nothing_to_do:
+            return RunOutcome(summary, self.docs_out, None, ExitCode.OK, self.run_info)
+        peak_gpu = self.engine.peak_gpu_mb() if self.engine is not None else None
         report = build_report(self.docs_out, summary, self.run_info, _peak_rss_mb(), peak_gpu)
-        if self.emit is None:
-            files.write_run_report(config.out, _json(report), pages_csv(self.docs_out))
+        report["run_id"] = self.run_id
+        if self.emit is None and self.output_ready:
+            files.write_run_report(config.out, _json(report), pages_csv(self.docs_out), self.run_id)
         return RunOutcome(summary, self.docs_out, report, exit_code_for(summary), self.run_info)
 
-    def _convert(self, pending: list[_DocState]) -> bool:
-        """Stream, batch and run every pending document; True if interrupted by Ctrl-C."""
+    def _convert(self, pending: list[_DocState]) -> None:
+        """Stream, batch and run every pending document (an interrupt propagates to `execute`)."""
+        from .raster import DocDone, DocFailed, DocOpened, PageRendered, PageStream, RenderedPage
+
         factory = self.engine_factory or (lambda: build_engine(self.config))
         self.engine, self.run_info, self.batch_size = factory()
-        by_index = dict(enumerate(pending))
         batch: list[tuple[_DocState, RenderedPage]] = []
-        stream = PageStream(
-            [s.doc for s in pending], self.config.raster, max_pages_in_flight=self.config.queue_pages
-        )
-
+        stream = PageStream([s.doc for s in pending], self.config.raster, max_pages_in_flight=self.config.queue_pages)
         active: dict[int, _DocState] = {}
+        discovered = 0
 
         def finish_ready() -> None:
             for index in [i for i, s in active.items() if s.complete()]:
@@ -347,48 +536,100 @@ class _Run:
                 self.progress.pages_finished(count)
             finish_ready()
 
-        try:
-            with stream:
-                for event in stream:
-                    state = by_index[event.index]
-                    active[event.index] = state
-                    if isinstance(event, DocOpened):
-                        state.opened = True
-                        state.expected = list(event.page_numbers)
-                        self.progress.pages_known(len(state.expected))
-                    elif isinstance(event, PageRendered):
-                        page = event.page
-                        if page.error is not None or page.image is None:
-                            message = str(page.error) if page.error is not None else "no image"
-                            state.results[page.page] = self._failed_page(page, "render_error", message)
-                            self.progress.pages_finished(1)
-                        else:
-                            batch.append((state, page))
-                            if len(batch) >= self.batch_size:
-                                flush()
-                    elif isinstance(event, DocFailed):
-                        state.error = event.error
-                        state.rendered_all = True
-                        queued = {p.page for s, p in batch if s is state}
-                        for page_no in state.expected:
-                            if page_no not in state.results and page_no not in queued:
-                                missing = RenderedPage(page=page_no, image=None, render_ms=0.0)
-                                state.results[page_no] = self._failed_page(
-                                    missing, "render_error", str(event.error)
-                                )
-                    elif isinstance(event, DocDone):
-                        state.rendered_all = True
-                    finish_ready()
-                    if self.stop:
-                        break
-                if not self.stop:
-                    flush()
-        except KeyboardInterrupt:
-            log.error("interrupted: finished documents are written; re-run to convert the rest")
-            return True
-        finally:
-            self.progress.close()
-        return False
+        def discover() -> None:
+            nonlocal discovered
+            discovered += 1
+            if discovered == len(pending):
+                self.progress.all_pages_known()
+
+        with stream:
+            for event in stream:
+                state = pending[event.index]  # the stream numbers documents by their place in `pending`
+                active[event.index] = state
+                if isinstance(event, DocOpened):
+                    state.opened = True
+                    state.expected = list(event.page_numbers)
+                    self.progress.pages_known(len(state.expected))
+                    reused = [p for p in state.expected if p in state.reuse]
+                    for page_no in reused:
+                        state.results[page_no] = state.reuse[page_no]
+                    if reused:
+                        self.progress.pages_finished(len(reused))
+                    discover()
+                elif isinstance(event, PageRendered):
+                    page = event.page
+                    if page.page in state.reuse:
+                        pass  # converted by an earlier run: its checkpoint stands
+                    elif page.error is not None or page.image is None:
+                        message = page.error.detail if page.error is not None else "no image"
+                        self._set_page(state, self._failed_page(page, "render_error", message))
+                        self.progress.pages_finished(1)
+                    else:
+                        batch.append((state, page))
+                        if len(batch) >= self.batch_size:
+                            flush()
+                elif isinstance(event, DocFailed):
+                    if not state.opened:
+                        discover()
+                    state.error = event.error
+                    state.rendered_all = True
+                    queued = {p.page for s, p in batch if s is state}
+                    for page_no in state.expected:
+                        if page_no not in state.results and page_no not in queued:
+                            missing = RenderedPage(page=page_no, image=None, render_ms=0.0)
+                            self._set_page(state, self._failed_page(missing, "render_error", event.error.detail))
+                elif isinstance(event, DocDone):
+                    state.rendered_all = True
+                finish_ready()
+                if self.stop:
+                    break
+            if not self.stop:
+                flush()
+        if not self.stop:
+            self._complete_leftovers(pending, active)
+
+    def _complete_leftovers(self, pending: list[_DocState], active: dict[int, _DocState]) -> None:
+        """Every page gets a status: a document the stream or the engine left unfinished (a bug)
+        is completed here with `internal`/`model_error` statuses instead of vanishing."""
+        from .raster import RenderedPage
+
+        for position, state in enumerate(pending):
+            if position in active:
+                active.pop(position)
+            elif state.opened or state.error is not None:
+                continue  # finished normally (finished documents leave `active`)
+            if not state.opened and state.error is None:
+                state.error = InputError(state.doc.display, "internal", "the raster stream never delivered it")
+            for page_no in state.expected:
+                if page_no not in state.results:
+                    lost = RenderedPage(page=page_no, image=None, render_ms=0.0)
+                    self._set_page(state, self._failed_page(lost, "model_error", "no result (internal error)"))
+            log.error("%s: internal error: the pipeline left this document unfinished", state.shown)
+            state.rendered_all = True
+            self._finish(state)
+
+
+def _recorded_document(shown: str, rel: PurePosixPath, manifest: dict[str, Any]) -> DocResult:
+    """A skipped document as its manifest recorded it (statuses and figures, no text)."""
+    pages: list[PageResult] = []
+    records = manifest.get("pages")
+    statuses = manifest.get("page_statuses") or []
+    try:
+        if isinstance(records, list) and len(records) == len(statuses):
+            pages = [page_from_record(r) for r in records]
+        else:
+            pages = [PageResult(page=n, status=s) for n, s in enumerate(statuses, start=1)]
+    except (KeyError, TypeError, ValueError):
+        pages = [PageResult(page=n, status="ok" if s == "ok" else "model_error") for n, s in enumerate(statuses, start=1)]
+    return DocResult(
+        source=shown,
+        stem=rel.name,
+        pages=tuple(pages),
+        error=manifest.get("error"),
+        error_kind=manifest.get("error_kind"),
+        page_count=len(pages),
+        skipped=True,
+    )
 
 
 def _json(report: dict[str, Any]) -> str:
@@ -397,54 +638,14 @@ def _json(report: dict[str, Any]) -> str:
     return json.dumps(report, ensure_ascii=False, indent=2) + "\n"
 
 
-def describe_run(
-    config: RunConfig, *, model: str, revision: str | None, device: str, dtype: str, dummy: bool
-) -> RunInfo:
-    """What produced the outputs, for every JSON document and the report."""
-    return RunInfo(
-        model=model,
-        revision=revision,
-        mode=config.generation.mode,
-        keep=keep_label(config.prune.keep),
-        prune_method=config.prune.method,
-        prompt=config.generation.prompt,
-        device=device,
-        dtype=dtype,
-        dummy_model=dummy,
-        version=__version__,
-    )
-
-
-def run_info_for(config: RunConfig, loaded: Any) -> RunInfo:
-    """The run description once the model is loaded (its resolved device, dtype and revision)."""
-    from .runtime.loading import dtype_label
-
-    return describe_run(
-        config,
-        model=loaded.model_id,
-        revision=loaded.revision,
-        device=str(loaded.device),
-        dtype=dtype_label(loaded.dtype),
-        dummy=loaded.dummy,
-    )
-
-
 def build_engine(config: RunConfig) -> tuple[PageEngine, RunInfo, int]:
-    """Load the model (imports torch) and pick the batch size."""
-    from .runtime.engine import Engine
-    from .runtime.loading import load_model
-
-    loaded = load_model(config.model)
-    if loaded.dummy:
-        log.warning("using the tiny-random model: its text is meaningless (for tests and demos only)")
-    engine = Engine(loaded, config.generation, config.prune)
-    size = config.batch_size or auto_batch_size(
-        loaded.device.type, config.generation.mode, engine.free_memory(), config.generation.max_new_tokens, loaded.dummy
-    )
-    info = run_info_for(config, loaded)
+    """Open the configured engine (imports torch; vLLM only for `--engine vllm`), pick the batch size."""
+    engine = open_backend(config)
+    info = engine.run_info()
+    size = config.batch_size or engine.batch_size_hint()
     log.info(
-        "model %s on %s (%s), mode %s, keep %s, batch size %d",
-        loaded.model_id, info.device, info.dtype, info.mode, info.keep, size,
+        "model %s on %s (%s), engine %s, mode %s, keep %s, batch size %d",
+        info.model, info.device, info.dtype, info.engine, info.mode, info.keep, size,
     )
     return engine, info, size
 

@@ -6,7 +6,8 @@ tested anywhere. Every page that goes in comes out as exactly one `PageResult`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import base64
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 # `length`: stopped at the token or position cap without end-of-sequence (text kept);
@@ -108,6 +109,9 @@ class DocResult:
     error: str | None = None
     error_kind: str | None = None
     page_count: int = 0
+    # True when the document was converted by an earlier run and skipped by this one; its pages
+    # then carry the statuses and figures recorded in its manifest (no text).
+    skipped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -128,6 +132,8 @@ class RunInfo:
     dtype: str
     dummy_model: bool = False
     version: str = ""
+    engine: str = "hf"  # hf | vllm: what decoded the pages
+    positions: str = "gapped"  # gapped (original position ids of kept tokens) | compact (0..n-1)
 
     def describe(self) -> dict[str, object]:
         """The fields every JSON output repeats, in a fixed order (version apart)."""
@@ -141,6 +147,8 @@ class RunInfo:
             "device": self.device,
             "dtype": self.dtype,
             "dummy_model": self.dummy_model,
+            "engine": self.engine,
+            "positions": self.positions,
         }
 
 
@@ -157,3 +165,64 @@ class RunSummary:
     failures_by_kind: tuple[tuple[str, int], ...] = ()
     wall_seconds: float = 0.0
     interrupted: bool = False
+    # The signal that stopped the run (2 SIGINT, 15 SIGTERM, 1 SIGHUP); exit code 128 + signal.
+    signal: int = 0
+    pages_processed: int = 0  # pages converted by this run (skipped documents' pages excluded)
+    documents_skipped_not_ok: int = 0  # skipped documents whose recorded pages are not all ok
+
+
+# ---- plain-dict codec: page checkpoints and manifests store pages as JSON --------------------------
+
+
+def page_to_record(page: PageResult, *, full: bool = True) -> dict[str, object]:
+    """A JSON-ready dict of `page`. `full=False` leaves out the text, boxes and figures (what a
+    manifest keeps for the run report); `full=True` keeps everything, figures as base64 JPEG, so
+    `page_from_record` rebuilds an identical `PageResult` (a resumed page is byte-identical)."""
+    record: dict[str, object] = {
+        "page": page.page,
+        "status": page.status,
+        "error": page.error,
+        "tokens": asdict(page.tokens),
+        "timings": asdict(page.timings),
+        "keep": asdict(page.keep),
+        "width": page.width,
+        "height": page.height,
+    }
+    if full:
+        record["markdown"] = page.markdown
+        record["raw_text"] = page.raw_text
+        record["boxes"] = [{"label": b.label, "boxes": [list(c) for c in b.boxes], "text": b.text} for b in page.boxes]
+        record["figures"] = [
+            {"name": f.name, "box": list(f.box), "jpeg": base64.b64encode(f.jpeg).decode("ascii")}
+            for f in page.figures
+        ]
+    return record
+
+
+def page_from_record(record: dict) -> PageResult:
+    """The inverse of `page_to_record`; raises KeyError/TypeError/ValueError on a malformed dict."""
+    status = record["status"]
+    if status not in PAGE_STATUSES:
+        raise ValueError(f"unknown page status {status!r}")
+    boxes = tuple(
+        Box(str(b["label"]), tuple(tuple(int(v) for v in c) for c in b["boxes"]), str(b.get("text", "")))  # type: ignore[misc]
+        for b in record.get("boxes", ())
+    )
+    figures = tuple(
+        Figure(str(f["name"]), tuple(int(v) for v in f["box"]), base64.b64decode(f["jpeg"]))  # type: ignore[arg-type]
+        for f in record.get("figures", ())
+    )
+    return PageResult(
+        page=int(record["page"]),
+        status=status,
+        markdown=str(record.get("markdown", "")),
+        raw_text=str(record.get("raw_text", "")),
+        boxes=boxes,
+        figures=figures,
+        tokens=TokenCounts(**record["tokens"]),
+        timings=Timings(**record["timings"]),
+        keep=KeepInfo(**record["keep"]),
+        width=int(record["width"]),
+        height=int(record["height"]),
+        error=record.get("error"),
+    )

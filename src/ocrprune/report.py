@@ -1,16 +1,22 @@
 """Per-page and per-run report built from records: numbers and text only, no I/O.
 
+* The report describes the state of every document of the run after it: documents converted by
+  this run, and documents skipped because an earlier run converted them (`skipped: true` in
+  `pages.csv`, with the statuses and figures their manifests recorded). Page counts by status
+  cover both; throughput and stage percentiles cover only pages this run converted.
 * Stage percentiles use the **nearest-rank** method: p = the value at rank ceil(p/100 * n) of the
   sorted values (1-based), so every reported percentile is a time some page actually took. They
-  cover pages that reached the model (`ok`, `repetition`, `timeout`); `render_error` and
-  `model_error` pages have no complete timings and are left out.
-* Throughput divides by the run's wall-clock seconds: pages/s counts every page processed in this
-  run (skipped documents are not processed), generated tokens/s counts every generated token.
-  `decode_tokens_per_s` divides the tokens of timed pages by their summed decode time.
+  cover pages that reached the model (`ok`, `length`, `repetition`, `timeout`); `render_error`
+  and `model_error` pages have no complete timings and are left out.
+* Throughput divides by the run's wall-clock seconds: pages/s counts every page converted by this
+  run, generated tokens/s every token it generated. `decode_tokens_per_s` divides the tokens of
+  timed pages by their summed decode time.
 * Token reduction: `visual_kept / visual_total` (prunable visual tokens only) and
   `prompt / prompt_unpruned`; both are None when the denominator is 0.
-* Exit codes follow from the summary alone (`exit_code_for`): 130 interrupted, 4 nothing
-  succeeded, 3 something failed and something succeeded, 0 otherwise.
+* Exit codes follow from the summary alone (`exit_code_for`): 128 + signal when interrupted
+  (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP); 0 when there was nothing to do or every page of every
+  document is `ok`; 4 when no page produced any output; 3 otherwise (some input or page is not
+  `ok`, capped `length` pages and skipped documents with recorded failures included).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from ocrprune.records import PAGE_STATUSES, DocResult, PageResult, RunInfo, RunS
 
 REPORT_SCHEMA = "ocrprune.report/1"
 STAGES = ("render", "preprocess", "encode", "prune", "prefill", "decode", "total")
-TIMED_STATUSES = ("ok", "repetition", "timeout")
+# Pages that reached the model and produced output (text may be cut short).
+TIMED_STATUSES = ("ok", "length", "repetition", "timeout")
 CSV_COLUMNS = (
     "source",
     "page",
@@ -44,6 +51,7 @@ CSV_COLUMNS = (
     *(f"{stage}_ms" for stage in STAGES),
     "keep_ratio",
     "error",
+    "skipped",
 )
 
 
@@ -62,35 +70,44 @@ def summarize(
     skipped: int = 0,
     wall_seconds: float = 0.0,
     interrupted: bool = False,
+    signal: int = 0,
 ) -> RunSummary:
-    """Count a run's documents and pages; a document is failed unless all its pages are ok."""
+    """Count a run's documents and pages; a document is failed unless all its pages are ok.
+
+    `docs` holds every document of the run, skipped ones (`DocResult.skipped`) included; the
+    `skipped` argument adds skipped documents whose records are not in `docs` (counted as ok)."""
     pages = [p for d in docs for p in d.pages]
     statuses: Counter[str] = Counter(p.status for p in pages)
     kinds = Counter((d.error_kind or "error") for d in docs if d.error is not None)
+    skipped_docs = [d for d in docs if d.skipped]
     return RunSummary(
         documents=len(docs) + skipped,
-        documents_ok=sum(1 for d in docs if d.ok),
+        documents_ok=sum(1 for d in docs if d.ok) + skipped,
         documents_failed=sum(1 for d in docs if not d.ok),
-        documents_skipped=skipped,
+        documents_skipped=len(skipped_docs) + skipped,
         pages=len(pages),
         pages_by_status=tuple((s, statuses[s]) for s in PAGE_STATUSES if statuses[s]),
         failures_by_kind=tuple(sorted(kinds.items())),
         wall_seconds=wall_seconds,
-        interrupted=interrupted,
+        interrupted=interrupted or bool(signal),
+        signal=signal or (2 if interrupted else 0),
+        pages_processed=sum(len(d.pages) for d in docs if not d.skipped),
+        documents_skipped_not_ok=sum(1 for d in skipped_docs if not d.ok),
     )
 
 
-def exit_code_for(summary: RunSummary) -> ExitCode:
-    """0 all ok · 3 some inputs/pages failed, something succeeded · 4 nothing succeeded · 130."""
+def exit_code_for(summary: RunSummary) -> ExitCode | int:
+    """See the module docstring: 128 + signal · 0 · 4 · 3."""
     if summary.interrupted:
-        return ExitCode.INTERRUPTED
+        return 128 + (summary.signal or 2)
+    if summary.documents == 0:
+        return ExitCode.OK  # nothing to do (an empty inbox) is not an error
     by_status = dict(summary.pages_by_status)
-    bad_pages = sum(n for status, n in by_status.items() if status != "ok")
-    succeeded = (
-        by_status.get("ok", 0) > 0 or summary.documents_ok > 0 or summary.documents_skipped > 0
-    )
-    if not succeeded:
+    produced = sum(by_status.get(s, 0) for s in TIMED_STATUSES)
+    skipped_ok = summary.documents_skipped - summary.documents_skipped_not_ok
+    if produced == 0 and summary.documents_ok == 0 and skipped_ok == 0:
         return ExitCode.NOTHING_SUCCEEDED
+    bad_pages = sum(n for status, n in by_status.items() if status != "ok")
     if summary.documents_failed > 0 or bad_pages > 0:
         return ExitCode.PARTIAL
     return ExitCode.OK
@@ -104,7 +121,7 @@ def build_report(
     peak_gpu_mb: float | None,
 ) -> dict[str, Any]:
     """The run report (written as `report.json`); plain JSON values, fixed key order."""
-    pages = [p for d in docs for p in d.pages]
+    pages = [p for d in docs if not d.skipped for p in d.pages]
     timed = [p for p in pages if p.status in TIMED_STATUSES]
     wall = summary.wall_seconds
     generated = sum(p.tokens.generated for p in pages)
@@ -117,6 +134,7 @@ def build_report(
             "ok": summary.documents_ok,
             "failed": summary.documents_failed,
             "skipped": summary.documents_skipped,
+            "skipped_not_ok": summary.documents_skipped_not_ok,
         },
         "pages": {
             "total": summary.pages,
@@ -147,8 +165,9 @@ def pages_csv(docs: Sequence[DocResult]) -> str:
     for doc in docs:
         if doc.error is not None:
             kind = f"{doc.error_kind}: " if doc.error_kind else ""
-            blanks = [""] * (len(CSV_COLUMNS) - 4)
-            writer.writerow([doc.source, "", "document_error", *blanks, f"{kind}{doc.error}"])
+            blanks = [""] * (len(CSV_COLUMNS) - 5)
+            error = f"{kind}{doc.error}"
+            writer.writerow([doc.source, "", "document_error", *blanks, error, _flag(doc.skipped)])
         for page in doc.pages:
             writer.writerow(_csv_row(doc, page))
     return buffer.getvalue()
@@ -163,6 +182,8 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     table.add_row(
         "documents", f"{docs['ok']} ok, {docs['failed']} failed, {docs['skipped']} skipped"
     )
+    if docs.get("skipped_not_ok"):
+        table.add_row("skipped, not ok", f"{docs['skipped_not_ok']} (--retry-failed redoes them)")
     by_status = ", ".join(f"{n} {s}" for s, n in pages["by_status"].items() if n) or "0"
     table.add_row("pages", by_status)
     for kind, count in report["failures_by_kind"].items():
@@ -241,7 +262,12 @@ def _csv_row(doc: DocResult, page: PageResult) -> list[str | int]:
         *timings,
         f"{page.keep.ratio:.4g}",
         page.error or "",
+        _flag(doc.skipped),
     ]
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def _rate(count: float, seconds: float) -> float | None:

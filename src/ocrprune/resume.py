@@ -15,7 +15,7 @@ from .config import DEFAULT_MODEL, DEFAULT_REVISION, RunConfig, keep_label
 def output_options(config: RunConfig, dtype: str) -> dict[str, Any]:
     """The options that change a document's output: part of the resume manifest key."""
     gen, prune, raster = config.generation, config.prune, config.raster
-    return {
+    options: dict[str, Any] = {
         "mode": gen.mode,
         "prompt": gen.prompt,
         "max_new_tokens": gen.max_new_tokens,
@@ -31,6 +31,11 @@ def output_options(config: RunConfig, dtype: str) -> dict[str, Any]:
         "dtype": dtype,
         "model_seed": config.model.seed if config.model.is_tiny_random else None,
     }
+    if config.engine != "hf":
+        # vLLM decodes with compact positions and its own kernels, so its text may differ from
+        # hf's. Left out for hf so that outputs written before engines existed stay valid.
+        options["engine"] = config.engine
+    return options
 
 
 def expected_revision(config: RunConfig) -> str | None:

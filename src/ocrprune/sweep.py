@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import __version__
+from .backend import POSITIONS, open_sweep_engine
+from .batching import BatchFailure, run_split
 from .config import (
     GenerationSettings,
     ModelConfig,
@@ -48,7 +50,8 @@ from .sweep_report import (
 from .writers.files import atomic_write, check_writable
 
 if TYPE_CHECKING:
-    from .runtime.engine import EncodedBatch, Engine, PageOutput
+    from .backend import PageOutput
+    from .runtime.engine import EncodedBatch, Engine
 
 log = logging.getLogger("ocrprune")
 
@@ -87,6 +90,7 @@ class SweepConfig:
     seed: int = 0
     batch_size: int = 1
     glob: str | None = None
+    engine: Literal["hf", "vllm"] = "hf"
 
     def __post_init__(self) -> None:
         if not self.keeps:
@@ -97,6 +101,8 @@ class SweepConfig:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
+        if self.engine not in POSITIONS:
+            raise ValueError(f"unknown engine {self.engine!r}; use hf or vllm")
         PruneConfig(keep=1.0, method=self.method, seed=self.seed)
 
     @property
@@ -195,17 +201,14 @@ def _write(report: SweepReport, out: Path) -> SweepReport:
 
 
 def _build_engine(config: SweepConfig) -> Engine:
-    from .runtime.engine import Engine
-    from .runtime.loading import load_model
-
-    loaded = load_model(config.model)
-    if loaded.dummy:
-        log.warning(
-            "using the tiny-random model: its text is meaningless (for tests and demos only)"
-        )
-    return Engine(
-        loaded, config.generation, PruneConfig(keep=1.0, method=config.method, seed=config.seed)
+    """The configured engine through the shared factory (it has `encode` and `decode`)."""
+    engine: Engine = open_sweep_engine(
+        config.engine,
+        config.model,
+        config.generation,
+        PruneConfig(keep=1.0, method=config.method, seed=config.seed),
     )
+    return engine
 
 
 def _run_info(engine: Engine | None, config: SweepConfig) -> dict[str, Any]:
@@ -223,6 +226,8 @@ def _run_info(engine: Engine | None, config: SweepConfig) -> dict[str, Any]:
         "max_new_tokens": config.generation.max_new_tokens,
         "method": config.method,
         "batch_size": config.batch_size,
+        "engine": config.engine,
+        "positions": POSITIONS[config.engine],
         "ocrprune_version": __version__,
     }
 
@@ -230,79 +235,96 @@ def _run_info(engine: Engine | None, config: SweepConfig) -> dict[str, Any]:
 def _compare_batch(
     engine: Engine, pages: list[_Page], config: SweepConfig, skipped: list[SkippedPage]
 ) -> list[dict[str, Any]]:
-    """Encode once; reference decode; one decode per other setting. Failures become records."""
-    try:
-        encoded = engine.encode([p.image for p in pages])
-        reference = engine.decode(
-            encoded, prune=PruneConfig(keep=1.0, method=config.method, seed=config.seed)
-        )
-    except Exception as exc:  # noqa: BLE001 - the per-page boundary: record and go on
-        _recover(engine)
-        if len(pages) > 1:
-            return [r for p in pages for r in _compare_batch(engine, [p], config, skipped)]
-        skipped.append(
-            SkippedPage(pages[0].source, pages[0].page, f"model_error: {type(exc).__name__}: {exc}")
-        )
-        return []
-    records = [_record(p, "1", ref, ref) for p, ref in zip(pages, reference)]
-    for keep in config.keeps:
-        label = keep_label(keep)
-        if label == "1" or label in records[0]["settings"]:
-            continue
-        outputs = _decode_each(
-            engine, encoded, PruneConfig(keep=keep, method=config.method, seed=config.seed)
-        )
-        for record, page, ref, out in zip(records, pages, reference, outputs):
-            if isinstance(out, Exception):
-                log.warning("%s page %d: keep %s failed: %s", page.source, page.page, label, out)
-                record["settings"][label] = {
-                    "status": "model_error",
-                    "error": str(out),
-                    "ned": 1.0,
-                    "exact": False,
-                }
-            else:
-                record["settings"][label] = _record(page, label, out, ref)["settings"][label]
-    return records
+    """Encode once and decode the reference through the shared batch driver (a failing batch is
+    split; a page that still fails is skipped), then decode every other setting from the same
+    features. Failures become records."""
+    records: list[dict[str, Any]] = []
+
+    def reference(batch: list[_Page]) -> list[tuple[Any, int, PageOutput]]:
+        encoded = engine.encode([p.image for p in batch])
+        outputs = engine.decode(encoded, prune=PruneConfig(keep=1.0, method=config.method, seed=config.seed))
+        return [(encoded, i, out) for i, out in enumerate(outputs)]
+
+    done: list[tuple[_Page, Any, int, PageOutput]] = []
+
+    def deliver(page: _Page, result: tuple[Any, int, PageOutput] | BatchFailure) -> None:
+        if isinstance(result, BatchFailure):
+            skipped.append(SkippedPage(page.source, page.page, f"model_error: {result.message}"))
+        else:
+            done.append((page, *result))
+
+    run_split(pages, reference, deliver, engine.recover)
+    # Pages whose reference ran, grouped by the encoder pass they share (in page order).
+    groups: dict[int, tuple[Any, list[tuple[_Page, int, PageOutput]]]] = {}
+    for page, encoded, index, ref in done:
+        groups.setdefault(id(encoded), (encoded, []))[1].append((page, index, ref))
+    for encoded, members in groups.values():
+        group_records = [_record(p, "1", ref, ref) for p, _i, ref in members]
+        for keep in config.keeps:
+            label = keep_label(keep)
+            if label == "1" or label in group_records[0]["settings"]:
+                continue
+            outputs = _decode_each(
+                engine,
+                encoded,
+                [i for _p, i, _r in members],
+                PruneConfig(keep=keep, method=config.method, seed=config.seed),
+            )
+            for record, (page, _i, ref), out in zip(group_records, members, outputs):
+                if isinstance(out, BatchFailure):
+                    log.warning("%s page %d: keep %s failed: %s", page.source, page.page, label, out.message)
+                    record["settings"][label] = {
+                        "status": "model_error",
+                        "error": out.message,
+                        "ned": 1.0,
+                        "exact": False,
+                    }
+                else:
+                    record["settings"][label] = _record(page, label, out, ref)["settings"][label]
+        records.extend(group_records)
+    order = {(p.source, p.page): n for n, p in enumerate(pages)}
+    return sorted(records, key=lambda r: order[(r["source"], r["page"])])
 
 
-def _decode_each(engine: Engine, encoded: EncodedBatch, prune: PruneConfig) -> list[Any]:
-    """Decode a batch; if it fails, decode its pages one by one from the same features."""
-    try:
-        return list(engine.decode(encoded, prune=prune))
-    except Exception as exc:  # noqa: BLE001 - the per-page boundary
-        _recover(engine)
-        if len(encoded.features) == 1:
-            return [exc]
-        return [
-            _decode_each(engine, _one_page(encoded, i), prune)[0]
-            for i in range(len(encoded.features))
-        ]
+def _decode_each(
+    engine: Engine, encoded: EncodedBatch, indices: list[int], prune: PruneConfig
+) -> list[PageOutput | BatchFailure]:
+    """Decode pages `indices` of an encoded batch through the shared driver: a failing batch is
+    split and its pages decoded again from the same features."""
+    results: dict[int, PageOutput | BatchFailure] = {}
+
+    def run(batch: list[int]) -> list[PageOutput]:
+        subset = encoded if batch == list(range(len(encoded.features))) else _subset(encoded, batch)
+        return engine.decode(subset, prune=prune)
+
+    def deliver(index: int, result: PageOutput | BatchFailure) -> None:
+        results[index] = result
+
+    run_split(indices, run, deliver, engine.recover)
+    return [results[i] for i in indices]
 
 
-def _one_page(encoded: EncodedBatch, i: int) -> EncodedBatch:
-    """Page `i` of an encoded batch, for decoding alone (decode reads no local pixels)."""
+def _subset(encoded: EncodedBatch, indices: list[int]) -> EncodedBatch:
+    """Pages `indices` of an encoded batch, for decoding apart (decode reads no local pixels)."""
     from .runtime.engine import EncodedBatch
     from .runtime.preprocess import VisionBatch
 
     vision = encoded.vision
     count = len(encoded.features)
-    alone = VisionBatch(
-        pixel_values=vision.pixel_values[i : i + 1],
+    subset = VisionBatch(
+        pixel_values=vision.pixel_values[indices],
         pixel_values_local=None,
-        num_local_patches=vision.num_local_patches[i : i + 1],
-        patches_grid=vision.patches_grid[i : i + 1],
-        geometry=vision.geometry[i : i + 1],
+        num_local_patches=[vision.num_local_patches[i] for i in indices],
+        patches_grid=[vision.patches_grid[i] for i in indices],
+        geometry=[vision.geometry[i] for i in indices],
     )
+    share = len(indices) / count
     return EncodedBatch(
-        alone, [encoded.features[i]], encoded.preprocess_ms / count, encoded.encode_ms / count
+        subset,
+        [encoded.features[i] for i in indices],
+        encoded.preprocess_ms * share,
+        encoded.encode_ms * share,
     )
-
-
-def _recover(engine: Engine) -> None:
-    recover = getattr(engine, "recover", None)
-    if recover is not None:
-        recover()
 
 
 def _record(page: _Page, label: str, out: PageOutput, ref: PageOutput) -> dict[str, Any]:

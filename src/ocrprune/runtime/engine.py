@@ -17,6 +17,7 @@ from PIL import Image
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..backend import BackendBase, PageOutput
 from ..config import GenerationSettings, PruneConfig, keep_label
 from ..records import KeepInfo, TokenCounts
 from ..rtprune import PruneRecord
@@ -37,23 +38,7 @@ class EncodedBatch:
     encode_ms: float
 
 
-@dataclass
-class PageOutput:
-    """What the model produced for one page; plain values apart from `token_ids`."""
-
-    raw_text: str
-    status: str  # ok | repetition | timeout
-    token_ids: list[int]
-    tokens: TokenCounts
-    keep: KeepInfo
-    preprocess_ms: float
-    encode_ms: float
-    prune_ms: float
-    prefill_ms: float
-    decode_ms: float
-
-
-class Engine:
+class Engine(BackendBase):
     """A loaded model plus the settings to run it; `run` turns page images into `PageOutput`s."""
 
     def __init__(self, loaded: LoadedModel, settings: GenerationSettings, prune: PruneConfig) -> None:
@@ -140,7 +125,7 @@ class Engine:
                 status = "ok"
             else:
                 ids = [t for t in ids if t != loaded.pad_token_id]
-                status = "timeout" if timed_out and len(ids) < budgets[i] else "repetition"
+                status = "timeout" if timed_out and len(ids) < budgets[i] else "length"
             results.append(
                 PageOutput(
                     raw_text=self._text(ids),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoTokenizer,
     GenerationConfig,
@@ -232,6 +233,43 @@ def _check_weights(folder: Path) -> None:
         raise ModelLoadError(f"--model {folder}: no *.safetensors weights{extra}")
 
 
+@contextlib.contextmanager
+def _sequential_loading() -> Iterator[None]:
+    """Make transformers read each checkpoint tensor only when it converts it.
+
+    By default it reads every tensor ahead on a thread pool, so a whole extra copy of the weights
+    can be in flight at once. Sequential loading keeps the peak near the loaded weights.
+    """
+    previous = os.environ.get("HF_DEACTIVATE_ASYNC_LOAD")
+    os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_DEACTIVATE_ASYNC_LOAD", None)
+        else:
+            os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = previous
+
+
+@contextlib.contextmanager
+def _checkpoint_slices(folder: Path) -> Iterator[dict[str, Any]]:
+    """Every tensor of the folder's safetensors as a lazy slice, read with pread, not mmap.
+
+    Pages of a memory-mapped file count in the process's resident memory once touched, so an mmap
+    load holds the file (6.7 GB) and the loaded copy at once. pread copies each tensor straight
+    into its own buffer and leaves the file in the page cache, which the kernel can drop.
+    """
+    with contextlib.ExitStack() as stack:
+        slices: dict[str, Any] = {}
+        for path in sorted(folder.glob("*.safetensors")):
+            handle = stack.enter_context(
+                safe_open(str(path), framework="pt", device="cpu", backend="pread")
+            )
+            for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
+                slices[key] = handle.get_slice(key)
+        yield slices
+
+
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Build model and tokenizer for `cfg` on its device and dtype; errors are one clear line."""
     device = select_device(cfg.device)
@@ -250,17 +288,22 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         image_id = tokenizer.convert_tokens_to_ids("<image>")
         native = native_config(json.loads(config_path.read_text()), image_id)
         try:
-            with quiet_transformers():
+            # Built on the meta device and filled tensor by tensor in `dtype` on the CPU: no fp32
+            # copy of a bf16 load, no mmap of the whole file. (Straight onto a GPU would need
+            # `device_map`, hence accelerate; `.to(device)` below moves the model parameter by
+            # parameter, so the host never holds more than the weights.)
+            with quiet_transformers(), _sequential_loading(), _checkpoint_slices(folder) as slices:
                 model = UnlimitedOcrForConditionalGeneration.from_pretrained(
-                    str(folder),
+                    None,
                     config=native,
+                    state_dict=slices,
                     dtype=dtype,
                     attn_implementation=cfg.attn,
                     use_safetensors=True,
                     trust_remote_code=False,
                     generation_config=GenerationConfig(bos_token_id=0, eos_token_id=1, pad_token_id=2),
                 )
-        except OSError as exc:
+        except (OSError, SafetensorError) as exc:
             raise ModelLoadError(f"--model {cfg.model}: cannot load weights: {exc}") from None
         dummy = False
     model = model.to(device=device, dtype=dtype).eval()

@@ -8,7 +8,6 @@ hands, which pruning needs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ from transformers import PreTrainedTokenizerBase, UnlimitedOcrImageProcessor
 
 from ..config import MODES, ModeSpec
 
-PATCH = 16
+PATCH = 16  # SAM patch size; with the 4x downsample, one token per 64x64 pixels (ModeSpec grids)
 DOWNSAMPLE = 4
 MAX_TILES = 9
 MIN_TILES = 2
@@ -54,12 +53,15 @@ class ImageGeometry:
 
 def placeholder_count(spec: ModeSpec, tiles_cols: int = 0, tiles_rows: int = 0) -> int:
     """`q(q+1) + 1`, plus `(rows·q_l)(cols·q_l + 1)` when tiled: 73/111/273/421, Gundam formula."""
-    q = math.ceil(spec.base_size / PATCH / DOWNSAMPLE)
-    total = q * (q + 1) + 1
+    return geometry_for(spec, tiles_cols, tiles_rows).placeholders
+
+
+def geometry_for(spec: ModeSpec, tiles_cols: int = 0, tiles_rows: int = 0) -> ImageGeometry:
+    """A page's token layout from its mode and tile grid; the grid sides are `ModeSpec`'s (the
+    one place the grid formula is written)."""
     if tiles_cols and tiles_rows:
-        q_local = math.ceil(spec.image_size / PATCH / DOWNSAMPLE)
-        total += (tiles_rows * q_local) * (tiles_cols * q_local + 1)
-    return total
+        return ImageGeometry(spec.global_grid, tiles_rows * spec.tile_grid, tiles_cols * spec.tile_grid)
+    return ImageGeometry(spec.global_grid, 0, 0)
 
 
 def normalize_page(image: Image.Image) -> Image.Image:
@@ -105,14 +107,10 @@ def preprocess(images: list[Image.Image], mode: str, processor: UnlimitedOcrImag
     spec = MODES[mode]
     pages = [normalize_page(image) for image in images]
     out = processor(images=pages, return_tensors="pt")
-    q = math.ceil(spec.base_size / PATCH / DOWNSAMPLE)
-    q_local = math.ceil(spec.image_size / PATCH / DOWNSAMPLE)
-    geometry = []
-    for count, (cols, rows) in zip(out["num_local_patches"], out["patches_grid"]):
-        if count:
-            geometry.append(ImageGeometry(q, rows * q_local, cols * q_local))
-        else:
-            geometry.append(ImageGeometry(q, 0, 0))
+    geometry = [
+        geometry_for(spec, cols, rows) if count else geometry_for(spec)
+        for count, (cols, rows) in zip(out["num_local_patches"], out["patches_grid"])
+    ]
     local = out.get("pixel_values_local")
     return VisionBatch(
         pixel_values=out["pixel_values"],

@@ -31,13 +31,14 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ocrprune.errors import OutputError
+from ocrprune.errors import BusyError, OutputError
 from ocrprune.records import Figure
 
 MANIFEST_DIR = ".ocrprune"
@@ -56,6 +57,7 @@ class DocPaths:
     images_dir: Path
     manifest: Path
     root: Path
+    checkpoints: Path | None = None  # per-page checkpoints while the document is in progress
 
 
 class OutputLayout:
@@ -83,6 +85,7 @@ class OutputLayout:
             images_dir=base / f"{rel.name}_images",
             manifest=base / MANIFEST_DIR / f"{rel.name}.manifest.json",
             root=self.root,
+            checkpoints=base / MANIFEST_DIR / f"{rel.name}.pages",
         )
         for path in (paths.md, paths.json, paths.images_dir / "x", paths.manifest):
             ensure_inside(self.root, path)
@@ -179,13 +182,28 @@ def manifest_for(
     model: str,
     revision: str | None,
     page_statuses: Sequence[str],
+    *,
+    source: str = "",
+    source_path: str = "",
+    pages: Sequence[Mapping[str, Any]] = (),
+    error: str | None = None,
+    error_kind: str | None = None,
 ) -> dict:
-    """A manifest without outputs yet; `write_document` fills in `formats` and `outputs`."""
+    """A manifest without outputs yet; `write_document` fills in `formats` and `outputs`.
+
+    `pages` are the compact page records (statuses, tokens, timings; no text) that let a later
+    run report a skipped document as it was converted; `source_path` tells which input owns this
+    output name (an escaped absolute path)."""
     return {
         "schema": MANIFEST_SCHEMA,
         "key": manifest_key(doc_hash, options, model, revision),
+        "source": source,
+        "source_path": source_path,
         "options": json.loads(json.dumps(options, sort_keys=True, default=str)),
         "page_statuses": list(page_statuses),
+        "error": error,
+        "error_kind": error_kind,
+        "pages": [dict(p) for p in pages],
         "formats": {},
         "outputs": {},
     }
@@ -198,9 +216,13 @@ def write_document(
     figures: Iterable[Figure],
     manifest: Mapping[str, Any],
 ) -> dict:
-    """Write figures, Markdown, JSON, then the manifest, each atomically; return the manifest."""
-    with contextlib.suppress(FileNotFoundError):
-        paths.manifest.unlink()
+    """Write figures, Markdown, JSON, then the manifest, each atomically; return the manifest.
+
+    The old manifest goes first (a crash from here on leaves nothing a re-run trusts), and figure
+    files the old manifest listed but the new document does not have are removed afterwards, so
+    no stale crop survives a re-conversion."""
+    old = read_manifest(paths)
+    _unlink(paths.manifest)
     outputs: dict[str, dict[str, Any]] = {}
     formats: dict[str, str] = {}
     for figure in figures:
@@ -216,7 +238,178 @@ def write_document(
             outputs[formats[fmt]] = _stamp(data)
     final = dict(manifest) | {"formats": formats, "outputs": outputs}
     _write_checked(paths, paths.manifest, json.dumps(final, ensure_ascii=False, indent=2) + "\n")
+    _remove_stale(paths, old, set(outputs) | set(formats.values()))
     return final
+
+
+def _remove_stale(paths: DocPaths, old: Mapping[str, Any] | None, kept: set[str]) -> None:
+    """Delete outputs an older manifest listed that the new one does not (inside the document's
+    folder only; a format no longer asked for is left alone, it is the user's)."""
+    if not old or not isinstance(old.get("outputs"), dict):
+        return
+    base = paths.md.parent
+    images = _rel(base, paths.images_dir)
+    for name in old["outputs"]:
+        rel = PurePosixPath(str(name))
+        if name in kept or rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != (images,):
+            continue
+        target = base.joinpath(*rel.parts)
+        ensure_inside(paths.root, target)
+        _unlink(target)
+    with contextlib.suppress(OSError):
+        paths.images_dir.rmdir()  # only if now empty
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise OutputError(f"cannot remove {path}: {_reason(exc)}") from exc
+
+
+def remove_document(paths: DocPaths) -> bool:
+    """Remove a document's manifest (first), the outputs it lists and its checkpoints; True if
+    there was a manifest. Used when an input that converted once now fails to open."""
+    old = read_manifest(paths)
+    if old is None:
+        return False
+    _unlink(paths.manifest)
+    base = paths.md.parent
+    for name in old.get("outputs") or {}:
+        rel = PurePosixPath(str(name))
+        if rel.is_absolute() or ".." in rel.parts:
+            continue
+        target = base.joinpath(*rel.parts)
+        ensure_inside(paths.root, target)
+        _unlink(target)
+    with contextlib.suppress(OSError):
+        paths.images_dir.rmdir()
+    clear_checkpoints(paths)
+    return True
+
+
+def taken_by_other(paths: DocPaths, source_path: str) -> bool:
+    """True if these output paths cannot be this document's: a folder sits where a file goes (or
+    the reverse), or the manifest there belongs to another input (a case-insensitive file system
+    folding two names together). The caller then uses a fallback name."""
+    if paths.md.is_dir() or paths.json.is_dir():
+        return True
+    if paths.images_dir.exists() and not paths.images_dir.is_dir():
+        return True
+    manifest = read_manifest(paths)
+    owner = manifest.get("source_path") if manifest else None
+    return bool(owner) and owner != source_path
+
+
+# ---- page checkpoints ----------------------------------------------------------------------------
+
+_CHECKPOINT_KEY = "key.json"
+
+
+def load_checkpoints(paths: DocPaths, key: Mapping[str, Any]) -> dict[int, dict]:
+    """Page records saved by an earlier, unfinished (or partly failed) run with the same key.
+
+    Checkpoints written under another key (other input bytes, options or model) are deleted."""
+    folder = paths.checkpoints
+    if folder is None or not folder.is_dir():
+        return {}
+    try:
+        saved = json.loads((folder / _CHECKPOINT_KEY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    if saved != json.loads(json.dumps(dict(key))):
+        clear_checkpoints(paths)
+        return {}
+    records: dict[int, dict] = {}
+    for entry in sorted(folder.glob("p*.json")):
+        try:
+            record = json.loads(entry.read_text(encoding="utf-8"))
+            records[int(record["page"])] = record
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged checkpoint is just a page to redo
+    return records
+
+
+def save_checkpoint(paths: DocPaths, key: Mapping[str, Any], record: Mapping[str, Any]) -> None:
+    """Atomically save one finished page's record (the key file first, once)."""
+    folder = paths.checkpoints
+    if folder is None:
+        return
+    key_file = folder / _CHECKPOINT_KEY
+    if not key_file.exists():
+        _write_checked(paths, key_file, json.dumps(dict(key), sort_keys=True) + "\n")
+    text = json.dumps(dict(record), ensure_ascii=False, separators=(",", ":"))
+    _write_checked(paths, folder / f"p{int(record['page']):06d}.json", text + "\n")
+
+
+def clear_checkpoints(paths: DocPaths) -> None:
+    """Remove a document's page checkpoints (after it is written with every page ok)."""
+    folder = paths.checkpoints
+    if folder is None or not folder.is_dir():
+        return
+    try:
+        shutil.rmtree(folder)
+    except OSError as exc:
+        raise OutputError(f"cannot remove {folder}: {_reason(exc)}") from exc
+
+
+# ---- the output root: marker, lock and run reports ---------------------------------------------
+
+OUTPUT_MARKER = "OUTPUT_ROOT"
+LOCK_FILE = "lock"
+RUNS_DIR = "runs"
+
+
+def prepare_output_root(out_dir: Path) -> None:
+    """Check the folder is writable and mark it as ocrprune's output (`.ocrprune/OUTPUT_ROOT`),
+    so input expansion never reads it back as documents, on this run or a later one."""
+    check_writable(out_dir)
+    marker = Path(out_dir) / MANIFEST_DIR / OUTPUT_MARKER
+    if not marker.is_file():
+        atomic_write(marker, "ocrprune output folder: never read as input\n")
+
+
+class RunLock:
+    """An exclusive lock on the output folder for the length of a run.
+
+    A second run into the same folder (a cron job that overran) fails at once with `BusyError`
+    (exit 75) instead of converting the same documents at the same time. The lock is an `flock`,
+    released by the kernel when the process ends, even after `kill -9`."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / MANIFEST_DIR / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise OutputError(f"cannot create {self.path}: {_reason(exc)}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise BusyError(
+                f"another ocrprune run (pid {holder}) is writing to {self.path.parent.parent}; "
+                "try again when it ends"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
 
 
 def read_manifest(paths: DocPaths) -> dict | None:
@@ -282,9 +475,17 @@ def check_writable(out_dir: Path) -> None:
         ) from exc
 
 
-def write_run_report(out_dir: Path, report_json: str, pages_csv: str) -> tuple[Path, Path]:
-    """Write the run's `report.json` and `pages.csv` atomically at the top of the output folder."""
+def write_run_report(
+    out_dir: Path, report_json: str, pages_csv: str, run_id: str | None = None
+) -> tuple[Path, Path]:
+    """Write the run's `report.json` and `pages.csv` atomically: first under
+    `.ocrprune/runs/<run_id>/` (one folder per run, so no run's report is lost), then at the top
+    of the output folder as the latest."""
     out_dir = Path(out_dir)
+    if run_id:
+        kept = out_dir / MANIFEST_DIR / RUNS_DIR / run_id
+        atomic_write(kept / REPORT_JSON, report_json)
+        atomic_write(kept / PAGES_CSV, pages_csv)
     report_path, csv_path = out_dir / REPORT_JSON, out_dir / PAGES_CSV
     atomic_write(report_path, report_json)
     atomic_write(csv_path, pages_csv)

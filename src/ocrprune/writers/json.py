@@ -36,29 +36,45 @@ TOKEN_FIELDS = (
 )
 
 
-def render_json(doc: DocResult, run: RunInfo, *, image_dir: str | None = None) -> str:
-    """The whole document as indented JSON, ending in a newline."""
-    folder = _image_dir(doc, image_dir)
+def render_json(
+    doc: DocResult, run: RunInfo, *, image_dir: str | None = None, figures_written: bool = True
+) -> str:
+    """The whole document as indented JSON, ending in a newline.
+
+    `figures_written=False` (`--stdout`): figure `file` is null and Markdown links become
+    `[figure]`, since no image file exists."""
+    folder = _image_dir(doc, image_dir) if figures_written else None
     data = document_fields(doc, run) | {"pages": [page_fields(p, folder) for p in doc.pages]}
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
 def page_json(
-    page: PageResult, doc: DocResult, run: RunInfo, *, image_dir: str | None = None
+    page: PageResult,
+    doc: DocResult,
+    run: RunInfo,
+    *,
+    image_dir: str | None = None,
+    figures_written: bool = True,
 ) -> dict[str, Any]:
     """One JSON Lines record: the run/document fields, then the page's own fields."""
     header = {k: v for k, v in document_fields(doc, run).items() if k != "schema"}
-    return {"schema": PAGE_SCHEMA} | header | page_fields(page, _image_dir(doc, image_dir))
+    folder = _image_dir(doc, image_dir) if figures_written else None
+    return {"schema": PAGE_SCHEMA} | header | page_fields(page, folder)
 
 
-def render_jsonl(doc: DocResult, run: RunInfo, *, image_dir: str | None = None) -> str:
+def render_jsonl(
+    doc: DocResult, run: RunInfo, *, image_dir: str | None = None, figures_written: bool = True
+) -> str:
     """Compact JSON Lines, one line per page, each ending in a newline.
 
     A document with no pages (it failed to open) still gets one line, with `page: null` and
     `status: "document_error"`, so a failed input is never silent in the stream.
     """
     if doc.pages:
-        records = [page_json(p, doc, run, image_dir=image_dir) for p in doc.pages]
+        records = [
+            page_json(p, doc, run, image_dir=image_dir, figures_written=figures_written)
+            for p in doc.pages
+        ]
     else:
         header = {k: v for k, v in document_fields(doc, run).items() if k != "schema"}
         records = [{"schema": PAGE_SCHEMA} | header | {"page": None, "status": "document_error"}]
@@ -79,7 +95,7 @@ def document_fields(doc: DocResult, run: RunInfo) -> dict[str, Any]:
     return fields
 
 
-def page_fields(page: PageResult, image_dir: str) -> dict[str, Any]:
+def page_fields(page: PageResult, image_dir: str | None) -> dict[str, Any]:
     """One page's object inside `pages` (and the page half of a JSON Lines record)."""
     keep: dict[str, Any] = {
         "setting": page.keep.setting,
@@ -98,7 +114,10 @@ def page_fields(page: PageResult, image_dir: str) -> dict[str, Any]:
             {"label": b.label, "boxes": [list(c) for c in b.boxes], "text": b.text}
             for b in page.boxes
         ],
-        "figures": [{"file": f"{image_dir}/{f.name}", "box": list(f.box)} for f in page.figures],
+        "figures": [
+            {"file": f"{image_dir}/{f.name}" if image_dir is not None else None, "box": list(f.box)}
+            for f in page.figures
+        ],
         "tokens": {name: getattr(page.tokens, name) for name in TOKEN_FIELDS},
         "timings_ms": {name: round(getattr(page.timings, name), 2) for name in TIMING_STAGES},
         "keep": keep,

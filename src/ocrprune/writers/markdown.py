@@ -15,6 +15,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import re
+
 from ocrprune.records import DocResult, PageResult
 
 DEFAULT_PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
@@ -23,9 +25,11 @@ DEFAULT_PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
 IMAGE_DIR_PLACEHOLDER = "<<IMGDIR>>"
 
 _STATUS_NOTES = {
-    "repetition": "no end-of-sequence; output may be truncated",
+    "length": "stopped at the token limit without end-of-sequence; output may be truncated",
+    "repetition": "stopped at the token limit in a loop; output repeats itself",
     "timeout": "generation hit the time limit; output may be truncated",
 }
+_FIGURE_LINK = re.compile(r"!\[[^\]\n]*\]\(" + re.escape(IMAGE_DIR_PLACEHOLDER) + r"/[^)\n]*\)")
 _LINK_ESCAPES = str.maketrans(
     {c: f"%{ord(c):02X}" for c in "% ()<>[]#?"} | {"\n": "%0A", "\t": "%09"}
 )
@@ -36,20 +40,24 @@ def render_markdown(
     *,
     page_separator: str = DEFAULT_PAGE_SEPARATOR,
     image_dir: str,
+    figures_written: bool = True,
 ) -> str:
-    """The document's Markdown, ending in one newline (or "" for a document with nothing at all)."""
+    """The document's Markdown, ending in one newline (or "" for a document with nothing at all).
+
+    With `figures_written=False` (`--stdout`, where no image file exists) figure links are
+    replaced by a plain `[figure]` so nothing links to a file that was never written."""
     parts: list[str] = []
     if doc.error is not None:
         kind = f"{doc.error_kind}: " if doc.error_kind else ""
         parts.append(_comment(f"document failed: {kind}{doc.error}"))
-    pages = [render_page(page, image_dir) for page in doc.pages]
+    pages = [render_page(page, image_dir if figures_written else None) for page in doc.pages]
     if pages:
         parts.append(page_separator.join(pages))
     text = "\n\n".join(parts)
     return text.rstrip("\n") + "\n" if text.strip() else ""
 
 
-def render_page(page: PageResult, image_dir: str) -> str:
+def render_page(page: PageResult, image_dir: str | None) -> str:
     """One page's Markdown, preceded by a status marker line unless the page is `ok`."""
     body = resolve_image_links(page.markdown, image_dir)
     marker = status_marker(page)
@@ -58,8 +66,11 @@ def render_page(page: PageResult, image_dir: str) -> str:
     return f"{marker}\n\n{body}" if body.strip() else marker
 
 
-def resolve_image_links(markdown: str, image_dir: str) -> str:
-    """Replace the figure-link placeholder with `image_dir`, escaped for a Markdown destination."""
+def resolve_image_links(markdown: str, image_dir: str | None) -> str:
+    """Replace the figure-link placeholder with `image_dir`, escaped for a Markdown destination;
+    with `image_dir=None` (no figure files) each figure link becomes a plain `[figure]`."""
+    if image_dir is None:
+        return _FIGURE_LINK.sub("[figure]", markdown)
     return markdown.replace(IMAGE_DIR_PLACEHOLDER, image_dir.translate(_LINK_ESCAPES))
 
 

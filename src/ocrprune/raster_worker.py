@@ -331,7 +331,7 @@ def serve(conn: Connection, pixels_path: str) -> None:
                     (
                         "opened",
                         tuple(opened.page_numbers),
-                        opened.page_count,
+                        opened.claimed_pages,
                         opened.readable_pages,
                         None if trailing is None else (trailing.kind, trailing.detail),
                     )

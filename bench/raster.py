@@ -6,6 +6,11 @@ again (`Image.open(io.BytesIO(pixmap.tobytes("png")))`); we add `.convert("RGB")
 the decode that the model would need anyway. Both produce identical pixels (checked on every page).
 Pages alternate between the two paths within each repeat; the table also shows MuPDF's render alone.
 
+The process boundary: `PageStream` renders in a worker process (so a page over the render time
+limit can be stopped). Two more rows time a whole `render()` of the same page (load, render, RGB
+image) in this thread and through the render process (request, render, pixels back through the
+shared mapping, PIL image), alternating; their difference is the per-page cost of the boundary.
+
     python bench/raster.py          # about 15 seconds
     python bench/raster.py --quick  # seconds (CI)
 """
@@ -58,6 +63,57 @@ def render_only(page: object, dpi: int) -> object:
     return page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False)
 
 
+IN_THREAD = "render(): in this thread"
+IN_PROCESS = "render(): through the render process"
+
+
+def boundary(pdfs: list[Path], repeats: int, guard: Guard) -> tuple[dict[str, list[float]], bool]:
+    """Per-page ms of a whole render() in this thread and through the render process."""
+    import threading
+    from pathlib import PurePosixPath
+
+    from ocrprune.config import RasterConfig
+    from ocrprune.inputs import Document
+    from ocrprune.raster import open_document
+    from ocrprune.raster_worker import RenderWorker, page_from_reply
+
+    cfg = RasterConfig(dpi=DPI)
+    worker = RenderWorker(threading.Event())
+    times: dict[str, list[float]] = {IN_THREAD: [], IN_PROCESS: []}
+    identical = True
+    try:
+        for path in pdfs:
+            doc = Document(path.absolute(), path.name, PurePosixPath(path.stem), "pdf")
+            worker.call(("open", doc, cfg), None)
+            with open_document(doc, cfg) as opened:
+                for number in opened.page_numbers:
+
+                    def here(n: int = number) -> object:
+                        return opened.render(n).image
+
+                    def there(n: int = number, name: str = path.name) -> object:
+                        return page_from_reply(worker.call(("render", n), None), worker, name).image
+
+                    identical &= here().tobytes() == there().tobytes()  # also the warm-up
+                    for rep in range(repeats):
+                        order = [(IN_THREAD, here), (IN_PROCESS, there)]
+                        order = order if rep % 2 == 0 else order[::-1]
+
+                        def sample(pairs: list = order) -> dict[str, float]:
+                            took = {}
+                            for name, func in pairs:
+                                begin = time.perf_counter()
+                                func()
+                                took[name] = (time.perf_counter() - begin) * 1000.0
+                            return took
+
+                        for name, ms in guard.measure(sample).items():
+                            times[name].append(ms)
+    finally:
+        worker.shutdown()
+    return times, identical
+
+
 def main(argv: list[str] | None = None) -> int:
     import pymupdf
 
@@ -102,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
 
                         for name, ms in guard.measure(sample).items():
                             paths_ms[name].append(ms)
+        boundary_ms, same_pixels = boundary(pdfs, repeats, guard)
+        identical &= same_pixels
+        paths_ms.update(boundary_ms)
     per_page = {name: sum(v) / repeats / pages for name, v in paths_ms.items()}
+    overhead = per_page[IN_PROCESS] - per_page[IN_THREAD]
+    overhead_median = median(paths_ms[IN_PROCESS]) - median(paths_ms[IN_THREAD])
     base = per_page["naive PNG round-trip"]
     rows = [
         {
@@ -136,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     )
+    print(
+        f"render process boundary: {overhead:+.2f} ms/page mean, {overhead_median:+.2f} ms/page "
+        f"median ({IN_PROCESS} vs {IN_THREAD})"
+    )
     speedup = rows[0]["speedup_vs_naive"]
     if not args.quick:
         print(
@@ -147,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         "pages": pages,
         "pixels_identical": identical,
         "documents": [p.name for p in pdfs],
-        "timed": "one page at a time on the calling thread: render + conversion to an RGB PIL image",
+        "timed": (
+            "one page at a time: render + conversion to an RGB PIL image on the calling thread; "
+            "the render() rows include loading the page, the process row the round trip"
+        ),
+        "process_boundary_ms_per_page": {"mean": overhead, "median": overhead_median},
         "contention": guard.record(),
         "wall_s": round(time.time() - started, 1),
         "rows": rows,

@@ -581,3 +581,36 @@ def test_pixels_cross_by_the_shared_mapping_or_else_the_pipe(
     finally:
         worker.shutdown()
         child.close()
+
+
+def test_a_page_count_above_the_cap_is_not_believed(tmp_path: Path) -> None:
+    path = make_lying_pdf(tmp_path / "huge-claim.pdf", claimed=2_500_000)
+    events = list(PageStream([doc_at(path)], RasterConfig(dpi=72)))
+    assert summary(events)[-1] == (
+        "failed",
+        "huge-claim.pdf: render_error: pages 4-100000 are not in the PDF's page tree "
+        "(it claims 2500000 pages and holds 3)",
+    )
+    assert isinstance(events[0], DocOpened) and events[0].page_numbers[-1] == 100_000
+
+
+def test_a_real_document_longer_than_the_cap_reads_the_cap_and_says_so(tmp_path: Path) -> None:
+    class Long(OpenedDocument):
+        def _render(self, page_no: int) -> tuple[Image.Image, float]:
+            return Image.new("RGB", (1, 1), "white"), 72.0
+
+    def opener(doc: Document, cfg: RasterConfig) -> OpenedDocument:
+        return Long(doc, cfg, 100_002)
+
+    cfg = RasterConfig(dpi=72, pages=((99_999, 200_000),))
+    rows = summary(list(PageStream([doc_at(tmp_path / "long.pdf")], cfg, opener=opener)))
+    assert rows == [
+        ("opened", 2),
+        ("page", 99_999, (1, 1)),
+        ("page", 100_000, (1, 1)),
+        (
+            "failed",
+            "long.pdf: too_large: the document claims 100002 pages; "
+            "only the first 100000 were read",
+        ),
+    ]

@@ -14,7 +14,7 @@ from docgen import make_encrypted_pdf, make_garbage_pdf, make_pdf, make_zero_pag
 from test_render_limits import make_lying_pdf, summary
 
 from ocrprune.config import RasterConfig
-from ocrprune.errors import ExitCode, InputError, UsageError
+from ocrprune.errors import DependencyError, ExitCode, InputError
 from ocrprune.inputs import Document
 from ocrprune.raster import (
     DocDone,
@@ -67,14 +67,14 @@ def open_error(path: Path, renderer: str, **cfg: object) -> str:
     return str(info.value)
 
 
-def test_a_missing_pypdfium2_is_a_usage_error_with_the_install_command(
+def test_a_missing_pypdfium2_is_an_environment_error_with_the_install_command(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "pypdfium2", None)  # makes `import pypdfium2` fail
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(DependencyError) as info:
         check_renderer("pdfium")
     assert str(info.value) == "--renderer pdfium needs pypdfium2: pip install 'ocrprune[pdfium]'"
-    assert info.value.exit_code == ExitCode.USAGE
+    assert info.value.exit_code == ExitCode.ENVIRONMENT
     check_renderer("mupdf")  # needs nothing extra
 
 

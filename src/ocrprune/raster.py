@@ -95,7 +95,8 @@ _REF = re.compile(rb"(\d+)\s+\d+\s+R")
 
 
 def check_renderer(name: str) -> None:
-    """Raise `UsageError` (one line, with the install command) if renderer `name` cannot run."""
+    """Raise `DependencyError` (exit 5; one line with the install command) if renderer `name`
+    cannot run. The CLI calls it before the run, so a missing extra fails before any work."""
     if name == "pdfium":
         import_pdfium()
     elif name != "mupdf":

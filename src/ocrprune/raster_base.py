@@ -106,6 +106,7 @@ class OpenedDocument:
     def __init__(self, doc: Document, cfg: RasterConfig, page_count: int) -> None:
         self.doc = doc
         self.cfg = cfg
+        self.claimed_pages = page_count  # what the document says, before the cap
         if page_count > CLAIMED_PAGES_CAP:
             self.trailing_error = InputError(
                 doc.display,

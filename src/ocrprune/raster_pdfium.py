@@ -13,7 +13,7 @@ from typing import Any
 from PIL import Image
 
 from ocrprune.config import RasterConfig
-from ocrprune.errors import InputError, UsageError
+from ocrprune.errors import DependencyError, InputError
 from ocrprune.inputs import Document
 from ocrprune.raster_base import (
     InputFile,
@@ -28,12 +28,12 @@ NEEDS_PDFIUM = "--renderer pdfium needs pypdfium2: pip install 'ocrprune[pdfium]
 
 
 def import_pdfium() -> Any:
-    """The pypdfium2 module; UsageError with the install command when it is absent."""
+    """The pypdfium2 module; DependencyError (exit 5) with the install command when it is absent."""
     try:
         import pypdfium2
         import pypdfium2.raw  # noqa: F401 - the C API, used to render at an exact size
     except ImportError:
-        raise UsageError(NEEDS_PDFIUM) from None
+        raise DependencyError(NEEDS_PDFIUM) from None
     return pypdfium2
 
 

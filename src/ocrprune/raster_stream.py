@@ -91,7 +91,7 @@ _END = object()
 @dataclass(frozen=True)
 class _Opened:
     page_numbers: tuple[int, ...]
-    page_count: int
+    claimed_pages: int
     readable_pages: int | None
     trailing_error: InputError | None
 
@@ -119,7 +119,7 @@ class _ThreadSession:
         self._doc = opened = self._opener(doc, self._cfg)
         return _Opened(
             tuple(opened.page_numbers),
-            opened.page_count,
+            opened.claimed_pages,
             opened.readable_pages,
             opened.trailing_error,
         )
@@ -409,7 +409,7 @@ class PageStream:
             if opened.readable_pages is not None and page_no > opened.readable_pages:
                 detail = (
                     f"pages {rest[0]}-{rest[-1]} are not in the PDF's page tree "
-                    f"(it claims {opened.page_count} pages and holds {opened.readable_pages})"
+                    f"(it claims {opened.claimed_pages} pages and holds {opened.readable_pages})"
                 )
                 return self._put(
                     DocFailed(index, doc, InputError(doc.display, "render_error", detail))

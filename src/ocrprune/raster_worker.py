@@ -10,7 +10,7 @@ crash costs that page, and Ctrl-C never waits for a render.
   `WorkerDied` or `WorkerStopped`. The next request after a kill starts a fresh process.
 * Pages travel as raw RGB bytes through a shared file mapping (`SharedPixels`); only a small
   header goes through the pipe (no PNG encode, no pickling or piping of megabytes). Where the
-  mapping cannot grow (a small /dev/shm), that page's pixels go through the pipe instead.
+  mapping cannot grow (no memory or space left for it), that page's pixels go through the pipe.
 * Start method: `forkserver` (a clean server process started once, with the renderers preloaded,
   so a restart costs milliseconds), `spawn` where it is missing; never `fork` (the parent has
   torch threads).
@@ -64,38 +64,32 @@ class WorkerStopped(Exception):
 class SharedPixels:
     """A file both processes map: the child writes a page's pixels, the parent copies them out.
 
-    One copy each way instead of pushing megabytes through a pipe. The parent creates the file
-    (in /dev/shm where it exists) and unlinks it as soon as the child has opened it, so nothing
-    is left behind whatever happens. Only the child grows it (page by page, in 8 MiB steps)."""
+    One copy each way instead of pushing megabytes through a pipe. The file has no name (a memfd
+    on Linux; elsewhere a temporary file unlinked at once) and reaches the child as an inherited
+    descriptor, so nothing is ever left behind, whenever either process dies. Only the child grows
+    it (page by page, in 8 MiB steps)."""
 
     STEP = 8 << 20
 
-    def __init__(self, fd: int, path: str | None = None) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.path = path
         self._map: mmap.mmap | None = None
 
     @classmethod
     def create(cls) -> SharedPixels:
-        folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        fd, path = tempfile.mkstemp(prefix="ocrprune-pixels-", dir=folder)
-        return cls(fd, path)
+        if hasattr(os, "memfd_create"):
+            return cls(os.memfd_create("ocrprune-pixels", os.MFD_CLOEXEC))
+        fd, path = tempfile.mkstemp(prefix="ocrprune-pixels-")
+        os.unlink(path)
+        return cls(fd)
 
-    @classmethod
-    def attach(cls, path: str) -> SharedPixels:
-        return cls(os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0)))
-
-    def unlink(self) -> None:
-        if self.path is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            self.path = None
+    def for_child(self) -> _InheritedFd:
+        """What to pass in the render process's arguments: it arrives there as its own fd."""
+        return _InheritedFd(self.fd)
 
     def write(self, data: Any, nbytes: int) -> bool:
         """Child: put `nbytes` of `data` at the start; False if the space cannot be reserved
-        (a small /dev/shm, as in containers: writing into an unreserved mapping would SIGBUS)."""
+        (writing into a mapping the file cannot back would kill the process with SIGBUS)."""
         if os.fstat(self.fd).st_size < nbytes:
             size = -(-nbytes // self.STEP) * self.STEP
             try:
@@ -121,13 +115,30 @@ class SharedPixels:
         return self._map
 
     def close(self) -> None:
-        self.unlink()
         if self._map is not None:
             self._map.close()
             self._map = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class _InheritedFd:
+    """A descriptor that travels to a child process started by multiprocessing (as Connection
+    objects do): pickled while the child starts, duplicated into it, an int once there."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        from multiprocessing import reduction
+
+        return _inherit_fd, (reduction.DupFd(self.fd),)
+
+
+def _inherit_fd(dup: Any) -> int:
+    fd: int = dup.detach()
+    return fd
 
 
 def refuse_inside_worker() -> None:
@@ -220,7 +231,9 @@ class RenderWorker:
         ctx = _context()
         parent, child = ctx.Pipe(duplex=True)
         pixels = SharedPixels.create()
-        proc = ctx.Process(target=serve, args=(child, pixels.path), name=PROCESS_NAME, daemon=True)
+        proc = ctx.Process(
+            target=serve, args=(child, pixels.for_child()), name=PROCESS_NAME, daemon=True
+        )
         with self._lock:
             self._proc, self._conn, self._pixels = proc, parent, pixels
         try:
@@ -237,7 +250,6 @@ class RenderWorker:
             self.shutdown()
             why = str(exc) or "it exited before it was ready"
             raise WorkerUnavailable(f"the render process did not start: {why}") from None
-        pixels.unlink()  # both sides hold it open now
         if ready[0] != "ready":
             self.shutdown()
             raise WorkerUnavailable("the render process did not start")
@@ -297,7 +309,7 @@ def page_from_reply(reply: tuple[Any, ...], worker: RenderWorker, display: str) 
 # --- the child ------------------------------------------------------------------------------------
 
 
-def serve(conn: Connection, pixels_path: str) -> None:
+def serve(conn: Connection, pixels_fd: int) -> None:
     """The render process's loop: open / render / probe / close requests until EOF."""
     _release_fork_server()
     _die_with_parent()
@@ -305,7 +317,7 @@ def serve(conn: Connection, pixels_path: str) -> None:
     from ocrprune.raster import open_document
 
     opened: Any = None
-    pixels = SharedPixels.attach(pixels_path)
+    pixels = SharedPixels(pixels_fd)
     conn.send(("ready", os.getpid()))
     try:
         while True:
@@ -331,7 +343,7 @@ def serve(conn: Connection, pixels_path: str) -> None:
                     (
                         "opened",
                         tuple(opened.page_numbers),
-                        opened.page_count,
+                        opened.claimed_pages,
                         opened.readable_pages,
                         None if trailing is None else (trailing.kind, trailing.detail),
                     )

@@ -106,3 +106,36 @@ def test_every_input_is_accounted_for_even_if_the_stream_drops_a_document(tmp_pa
     lost = outcome.docs[-1]
     assert (Path(lost.source).name, lost.error_kind) == ("d2.pdf", "internal")
     assert int(outcome.exit_code) == 3
+
+
+def test_a_pdf_claiming_100000_pages_writes_its_real_pages_and_marks_the_rest(tmp_path):
+    from test_render_limits import make_lying_pdf
+
+    pdf = make_lying_pdf(tmp_path / "lies.pdf", claimed=100_000)
+    outcome = run_scripted(tmp_path, [pdf], ScriptedEngine())
+    (doc,) = outcome.docs
+    assert doc.page_count == 100_000 and len(doc.pages) == 100_000
+    assert [p.status for p in doc.pages[:4]] == ["ok", "ok", "ok", "render_error"]
+    assert {p.status for p in doc.pages[3:]} == {"render_error"}
+    assert int(outcome.exit_code) == 3
+    # The bulk failure is recorded once, not checkpointed page by page.
+    assert len(list((tmp_path / "out" / ".ocrprune" / "lies.pdf.pages").glob("p*.json"))) == 3
+
+
+def test_the_pdfium_renderer_without_pypdfium2_is_one_line_and_exit_5(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ocrprune import raster
+    from ocrprune.cli import app
+    from ocrprune.errors import DependencyError
+
+    def missing():
+        raise DependencyError("--renderer pdfium needs pypdfium2: pip install 'ocrprune[pdfium]'")
+
+    monkeypatch.setattr(raster, "import_pdfium", missing)
+    pdf = pdf_with_sizes(tmp_path / "doc.pdf", 1)
+    result = CliRunner().invoke(app, ["convert", str(pdf), "--out", str(tmp_path / "out"), "--renderer", "pdfium",
+                                      "--model", "tiny-random", "--device", "cpu"])
+    assert result.exit_code == 5
+    assert [line for line in result.output.splitlines() if "pypdfium2" in line] == [
+        "ocrprune: --renderer pdfium needs pypdfium2: pip install 'ocrprune[pdfium]'"]

@@ -399,6 +399,10 @@ class _Run:
         hash the inputs and skip what is done. Returns the documents left to convert (a
         distributed runner reuses this and replaces `_convert`)."""
         config = self.config
+        if config.raster.renderer != "mupdf":
+            from .raster import check_renderer
+
+            check_renderer(config.raster.renderer)  # a missing extra fails before any work (exit 5)
         docs, problems = expand_inputs(
             list(config.inputs),
             glob=config.glob,
@@ -597,10 +601,12 @@ class _Run:
                     state.error = event.error
                     state.rendered_all = True
                     queued = {p.page for s, p in batch if s is state}
+                    # Not checkpointed one by one: a PDF claiming 100,000 pages would write 100,000
+                    # files; the stream says the same again on a re-run, at no cost.
                     for page_no in state.expected:
                         if page_no not in state.results and page_no not in queued:
                             missing = RenderedPage(page=page_no, image=None, render_ms=0.0)
-                            self._set_page(state, self._failed_page(missing, "render_error", event.error.detail))
+                            state.results[page_no] = self._failed_page(missing, "render_error", event.error.detail)
                 elif isinstance(event, DocDone):
                     state.rendered_all = True
                 finish_ready()

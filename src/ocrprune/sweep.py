@@ -139,6 +139,10 @@ def run_sweep(
     from .raster import DocFailed, DocOpened, PageRendered, PageStream
 
     check_writable(config.out)
+    if config.raster.renderer != "mupdf":
+        from .raster import check_renderer
+
+        check_renderer(config.raster.renderer)  # a missing extra fails before any work (exit 5)
     docs, problems = expand_inputs(list(config.inputs), glob=config.glob)
     skipped = [SkippedPage(p.path, p.page, f"{p.kind}: {p.detail}") for p in problems]
     if progress is not None:

@@ -48,9 +48,8 @@ def make_encrypted_pdf(path: Path, password: str, pages: int = 2) -> Path:
     return path
 
 
-def make_zero_page_pdf(path: Path) -> Path:
-    """A valid PDF whose page tree is empty (`/Count 0`), written by hand with a correct xref."""
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>"]
+def build_pdf(objects: list[bytes]) -> bytes:
+    """A PDF of `objects` (object 1 is the catalog) with a correct xref table."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -63,7 +62,13 @@ def make_zero_page_pdf(path: Path) -> Path:
         len(objects) + 1,
         xref,
     )
-    path.write_bytes(bytes(out))
+    return bytes(out)
+
+
+def make_zero_page_pdf(path: Path) -> Path:
+    """A valid PDF whose page tree is empty (`/Count 0`), written by hand with a correct xref."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>"]
+    path.write_bytes(build_pdf(objects))
     return path
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 import pytest
-from docgen import make_pdf
+from docgen import build_pdf, make_pdf
 from PIL import Image
 
 from ocrprune.config import RasterConfig
@@ -39,23 +39,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 # --- PDFs built byte by byte ----------------------------------------------------------------------
-
-
-def build_pdf(objects: list[bytes]) -> bytes:
-    """A PDF of `objects` (object 1 is the catalog) with a correct xref table."""
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
 
 
 def _stream(data: bytes, extra: bytes = b"") -> bytes:

@@ -11,13 +11,15 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+from .models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1
+
 log = logging.getLogger("ocrprune")
 
-# Rough device memory one page needs while it decodes, by mode: the KV cache (60 KiB per token in
-# bf16 for 12 layers x 2 x 1280) over prompt + a typical 2k-token output, plus vision activations.
-_KV_BYTES_PER_TOKEN = 12 * 2 * 1280 * 2
-_VISION_BYTES = {"tiny": 0.3e9, "small": 0.4e9, "base": 0.8e9, "large": 1.2e9, "gundam": 2.0e9}
-_PROMPT_TOKENS = {"tiny": 90, "small": 130, "base": 290, "large": 440, "gundam": 1300}
+# Rough device memory per page by mode: the model spec's estimate (KV cache + vision activations).
+_MEMORY = DEEPSEEK_OCR_V1.memory
+_KV_BYTES_PER_TOKEN = _MEMORY.kv_bytes_per_token
+_VISION_BYTES = dict(_MEMORY.vision_bytes)
+_PROMPT_TOKENS = dict(_MEMORY.prompt_tokens)
 _MAX_AUTO_BATCH = 32
 
 
@@ -35,8 +37,7 @@ def auto_batch_size(
     """
     if device_type != "cuda" or not free_bytes:
         return 4 if tiny_model else 1
-    tokens = _PROMPT_TOKENS.get(mode, 1300) + min(max_new_tokens, 4096)
-    per_page = _VISION_BYTES.get(mode, 2.0e9) / 4 + tokens * _KV_BYTES_PER_TOKEN * 2
+    per_page = _MEMORY.page_bytes(mode, max_new_tokens)
     usable = free_bytes * 0.6
     return max(1, min(_MAX_AUTO_BATCH, int(usable // per_page)))
 

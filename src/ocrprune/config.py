@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR"
+from .models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1, ModeSpec
+
+# The model's facts live in its spec (models/deepseek_ocr_v1.py); these names stay for callers.
+DEFAULT_MODEL = DEEPSEEK_OCR_V1.hub_id
 # The commit of deepseek-ai/DeepSeek-OCR we pin when loading by hub id (users can override with
-# --revision). Pinning matters: remote-code revisions in user reports differ.
-DEFAULT_REVISION = "9f30c71f441d010e5429c532364a86705536c53a"
+# --revision).
+DEFAULT_REVISION = DEEPSEEK_OCR_V1.revision
 TINY_RANDOM = "tiny-random"
 
 ModeName = Literal["tiny", "small", "base", "large", "gundam"]
@@ -23,49 +26,18 @@ PruneMethod = Literal["rtprune", "norm", "random"]
 RendererName = Literal["mupdf", "pdfium"]
 DEFAULT_RENDER_TIMEOUT = 60.0
 
-
-@dataclass(frozen=True)
-class ModeSpec:
-    """One DeepSeek-OCR resolution mode (runtime doc §1.3)."""
-
-    base_size: int
-    image_size: int
-    crop: bool
-
-    @property
-    def global_grid(self) -> int:
-        """Side of the global token grid: ceil(size / 16 / 4)."""
-        return math.ceil(self.base_size / 64)
-
-    @property
-    def tile_grid(self) -> int:
-        return math.ceil(self.image_size / 64)
-
-
-MODES: dict[str, ModeSpec] = {
-    "tiny": ModeSpec(512, 512, False),
-    "small": ModeSpec(640, 640, False),
-    "base": ModeSpec(1024, 1024, False),
-    "large": ModeSpec(1280, 1280, False),
-    "gundam": ModeSpec(1024, 640, True),
-}
-
-PROMPTS: dict[str, str] = {
-    "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
-    "ocr": "<image>\n<|grounding|>OCR this image.",
-    "free": "<image>\nFree OCR.",
-    "figure": "<image>\nParse the figure.",
-    "describe": "<image>\nDescribe this image in detail.",
-}
+MODES: dict[str, ModeSpec] = dict(DEEPSEEK_OCR_V1.modes)
+PROMPTS: dict[str, str] = dict(DEEPSEEK_OCR_V1.prompts)
 
 
 def resolve_prompt(prompt: str) -> str:
     """A preset name or custom text; custom text must contain exactly one `<image>`."""
     if prompt in PROMPTS:
         return PROMPTS[prompt]
-    if prompt.count("<image>") != 1:
+    image = DEEPSEEK_OCR_V1.tokens.image
+    if prompt.count(image) != 1:
         raise ValueError(
-            f"prompt must be one of {', '.join(PROMPTS)} or text containing <image> once: {prompt!r}"
+            f"prompt must be one of {', '.join(PROMPTS)} or text containing {image} once: {prompt!r}"
         )
     return prompt.strip()
 
@@ -131,7 +103,7 @@ class GenerationSettings:
     max_new_tokens: int = 8192
     ngram_size: int = 30
     ngram_window: int = 90
-    max_positions: int = 8192
+    max_positions: int = DEEPSEEK_OCR_V1.max_positions
     page_timeout: float | None = None
 
     def __post_init__(self) -> None:

@@ -1,7 +1,8 @@
 """RTPrune (arXiv 2605.00392) as pure tensor functions.
 
-Given one image's projected features (`[L, D]`, newline and separator tokens included, in
-DeepSeek-OCR's order), its layout and a keep setting, return which positions survive and their
+Given one image's projected features (`[L, D]`, newline and separator tokens included), its plain
+`TokenLayout` (which positions are newlines and separators; the model spec builds it, e.g.
+`models.deepseek_ocr_v1.ImageLayout.token_layout()`) and a keep setting, return which positions survive and their
 (merged) embeddings. Stage 1 keeps the top-K tokens by L2 norm; stage 2 merges every pruned token
 into the kept ones with a log-domain Sinkhorn plan (cosine scores, dustbin 0.2, 100 iterations,
 epsilon 1) and adds `0.1 * Pi @ V`. Newline (NL) and separator (SEP) tokens are never pruned; a
@@ -18,10 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
+
+from .models.deepseek_ocr_v1 import ImageLayout  # noqa: F401 - the v1 layout, importable here as before
 
 Keep = float | Literal["auto"]
 Method = Literal["rtprune", "norm", "random"]
@@ -41,57 +44,66 @@ _FLOOR_EPS = 1e-9
 
 
 @dataclass(frozen=True)
-class ImageLayout:
-    """Token layout of one image block.
+class TokenLayout:
+    """Where one image block's layout tokens are, in plain indices: the model spec builds it.
 
-    No-crop modes: `[g rows of (g tokens + NL)] [SEP]`. Gundam: the stitched local grid first
-    (`local_rows` rows of `local_cols` tokens + NL), then the global grid, then SEP.
-    `local_rows = 10 * tile_rows`, `local_cols = 10 * tile_cols`, both 0 without tiles.
+    `newlines` (ascending) are never pruned, and a newline that directly follows another kept
+    newline is dropped; `separators` are always kept and never collapse; every other position is a
+    prunable visual token. `density_grid` is the side of the patch grid the global view is cut into
+    for the text-density term of `keep="auto"`.
     """
 
-    global_grid: int
-    local_rows: int = 0
-    local_cols: int = 0
+    length: int
+    newlines: tuple[int, ...]
+    separators: tuple[int, ...]
+    density_grid: int
 
     def __post_init__(self) -> None:
-        if self.global_grid < 1:
-            raise ValueError(f"global_grid must be >= 1, got {self.global_grid}")
-        rows, cols = self.local_rows, self.local_cols
-        if rows < 0 or cols < 0 or (rows == 0) != (cols == 0):
-            raise ValueError(
-                f"local_rows and local_cols must both be 0 or both positive, got "
-                f"{self.local_rows} x {self.local_cols}"
-            )
+        layout = set(self.newlines) | set(self.separators)
+        if len(layout) != len(self.newlines) + len(self.separators):
+            raise ValueError("newline and separator positions must be distinct")
+        if any(not 0 <= i < self.length for i in layout):
+            raise ValueError(f"layout positions must lie in [0, {self.length})")
+        if list(self.newlines) != sorted(self.newlines):
+            raise ValueError("newline positions must be ascending")
 
     @property
-    def local_length(self) -> int:
-        """Tokens in the stitched local part, newlines included."""
-        return self.local_rows * (self.local_cols + 1)
+    def layout_total(self) -> int:
+        """Newlines plus separators: the tokens pruning never selects among."""
+        return len(self.newlines) + len(self.separators)
+
+
+class HasTokenLayout(Protocol):
+    """A model's own layout object that can describe itself as a `TokenLayout`."""
 
     @property
-    def length(self) -> int:
-        """L = local_rows (local_cols + 1) + g (g + 1) + 1."""
-        g = self.global_grid
-        return self.local_length + g * (g + 1) + 1
+    def length(self) -> int: ...
+
+    def token_layout(self) -> TokenLayout: ...
 
 
-def newline_indices(layout: ImageLayout, device: torch.device | None = None) -> torch.Tensor:
-    """Positions of the newline tokens, ascending: `[local_rows + g]` long."""
-    g = layout.global_grid
-    cols = layout.local_cols
-    local = torch.arange(layout.local_rows, device=device) * (cols + 1) + cols
-    glob = layout.local_length + torch.arange(g, device=device) * (g + 1) + g
-    return torch.cat([local, glob])
+AnyLayout = TokenLayout | HasTokenLayout
+
+
+def as_token_layout(layout: AnyLayout) -> TokenLayout:
+    """The plain layout of `layout` (a `TokenLayout` passes through)."""
+    return layout if isinstance(layout, TokenLayout) else layout.token_layout()
+
+
+def newline_indices(layout: AnyLayout, device: torch.device | None = None) -> torch.Tensor:
+    """Positions of the newline tokens, ascending: `[n_newlines]` long."""
+    return torch.tensor(as_token_layout(layout).newlines, dtype=torch.long, device=device)
 
 
 def layout_masks(
-    layout: ImageLayout, device: torch.device | None = None
+    layout: AnyLayout, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(newline_mask [L] bool, visual_index [N] long)`; SEP (position L - 1) is in neither."""
-    newline = torch.zeros(layout.length, dtype=torch.bool, device=device)
-    newline[newline_indices(layout, device)] = True
+    """`(newline_mask [L] bool, visual_index [N] long)`; separators are in neither."""
+    plain = as_token_layout(layout)
+    newline = torch.zeros(plain.length, dtype=torch.bool, device=device)
+    newline[newline_indices(plain, device)] = True
     layout_token = newline.clone()
-    layout_token[-1] = True
+    layout_token[torch.tensor(plain.separators, dtype=torch.long, device=device)] = True
     visual_index = torch.nonzero(~layout_token).flatten()
     return newline, visual_index
 
@@ -325,7 +337,7 @@ def resolve_ratio(
 
 def prune_image(
     features: torch.Tensor,
-    layout: ImageLayout,
+    layout: AnyLayout,
     keep: Keep,
     *,
     global_view: torch.Tensor | None = None,
@@ -336,7 +348,9 @@ def prune_image(
 
     `global_view` `[3, S, S]` (normalised to [-1, 1]) is needed only for `keep="auto"`. `method`:
     "rtprune" (top-norm + OT merge), "norm" (top-norm only) or "random" (seeded by `generator`).
+    `layout` is a `TokenLayout` or a model layout with `token_layout()` (e.g. the v1 `ImageLayout`).
     """
+    layout = as_token_layout(layout)
     if features.shape[0] != layout.length:
         raise ValueError(f"features have {features.shape[0]} rows, layout expects {layout.length}")
     if method not in METHODS:
@@ -344,9 +358,9 @@ def prune_image(
     newline, visual_index = layout_masks(layout, features.device)  # [L], [N]
     visual = features[visual_index]  # [N, D]
     n = visual.shape[0]
-    ratio, setting, r_txt, r_sim = resolve_ratio(keep, visual, global_view, layout.global_grid)
+    ratio, setting, r_txt, r_sim = resolve_ratio(keep, visual, global_view, layout.density_grid)
     k = keep_count(n, ratio)
-    layout_total = layout.local_rows + layout.global_grid + 1  # NLs + SEP, no device sync
+    layout_total = layout.layout_total  # NLs + separators, no device sync
 
     if k >= n:  # nothing to prune: the block goes through untouched
         positions = torch.arange(layout.length, device=features.device)
@@ -366,8 +380,8 @@ def prune_image(
         block = features.clone()
         block[visual_index[chosen]] = merge_pruned(visual[chosen], visual[~kept_mask])
 
-    keep_position = newline.clone()  # [L]: NLs, SEP and the chosen visual tokens
-    keep_position[-1] = True
+    keep_position = newline.clone()  # [L]: NLs, separators and the chosen visual tokens
+    keep_position[torch.tensor(layout.separators, dtype=torch.long, device=features.device)] = True
     keep_position[visual_index[chosen]] = True
     before = torch.nonzero(keep_position).flatten()  # [K + layout_total]
     positions = collapse_newlines(before, newline)  # [L']
@@ -381,7 +395,7 @@ def prune_image(
 
 def prune_images(
     features: Sequence[torch.Tensor],
-    layouts: Sequence[ImageLayout],
+    layouts: Sequence[AnyLayout],
     keep: Keep,
     *,
     global_views: Sequence[torch.Tensor] | torch.Tensor | None = None,

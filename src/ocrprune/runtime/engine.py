@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..backend import BackendBase, PageOutput
 from ..config import GenerationSettings, PruneConfig, keep_label
+from ..models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1
 from ..records import KeepInfo, TokenCounts
 from ..rtprune import PruneRecord
 from .clock import StageClock
@@ -48,7 +49,7 @@ class Engine(BackendBase):
         self.processor = image_processor_for(settings.mode)
         self.parts = prompt_parts(loaded.tokenizer, settings.prompt, loaded.bos_token_id)
         self.clock = StageClock(loaded.device)
-        whitelist = loaded.tokenizer.convert_tokens_to_ids(["<td>", "</td>"])
+        whitelist = loaded.tokenizer.convert_tokens_to_ids(list(DEEPSEEK_OCR_V1.tokens.ngram_whitelist))
         self.whitelist = [t for t in whitelist if isinstance(t, int) and t >= 0]
 
     @torch.inference_mode()

@@ -30,8 +30,11 @@ from transformers import (
 )
 
 from ..config import DEFAULT_MODEL, DEFAULT_REVISION, ModelConfig
+from ..models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1
+
+SPEC = DEEPSEEK_OCR_V1
+_TOKENS = SPEC.tokens
 from ..errors import DeviceError, ModelLoadError
-from .tiny import build_tiny_random
 
 log = logging.getLogger("ocrprune")
 
@@ -132,7 +135,7 @@ _TEXT_KEYS = (
 )
 
 
-def native_config(raw: dict[str, Any], image_token_id: int = 128815) -> UnlimitedOcrConfig:
+def native_config(raw: dict[str, Any], image_token_id: int = _TOKENS.image_id) -> UnlimitedOcrConfig:
     """Build the native config from an official (`deepseek_vl_v2`) or native `config.json`.
 
     Every decoder layer gets full attention and 8192 positions, as DeepSeek-OCR was trained.
@@ -157,9 +160,9 @@ def native_config(raw: dict[str, Any], image_token_id: int = 128815) -> Unlimite
         clip.pop(key, None)
     layers = int(text.get("num_hidden_layers", 12))
     text["layer_types"] = ["full_attention"] * layers
-    text["max_position_embeddings"] = 8192
+    text["max_position_embeddings"] = SPEC.max_positions
     text["tie_word_embeddings"] = False
-    text.setdefault("pad_token_id", 2)
+    text.setdefault("pad_token_id", _TOKENS.pad_id)
     return UnlimitedOcrConfig(
         vision_config={"sam_config": sam, "encoder_config": clip},
         text_config=text,
@@ -275,7 +278,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     device = select_device(cfg.device)
     dtype = select_dtype(cfg.dtype, device)
     if cfg.is_tiny_random:
-        model, tokenizer = build_tiny_random(cfg.seed)
+        model, tokenizer = SPEC.build_tiny(cfg.seed)
         revision: str | None = None
         dummy = True
     else:
@@ -285,8 +288,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             raise ModelLoadError(f"--model {cfg.model}: no config.json in {folder}")
         _check_weights(folder)
         tokenizer = load_tokenizer(folder)
-        image_id = tokenizer.convert_tokens_to_ids("<image>")
-        native = native_config(json.loads(config_path.read_text()), image_id)
+        image_id = tokenizer.convert_tokens_to_ids(_TOKENS.image)
+        native = SPEC.convert_config(json.loads(config_path.read_text()), image_id)
         try:
             # Built on the meta device and filled tensor by tensor in `dtype` on the CPU: no fp32
             # copy of a bf16 load, no mmap of the whole file. (Straight onto a GPU would need
@@ -301,14 +304,16 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
                     attn_implementation=cfg.attn,
                     use_safetensors=True,
                     trust_remote_code=False,
-                    generation_config=GenerationConfig(bos_token_id=0, eos_token_id=1, pad_token_id=2),
+                    generation_config=GenerationConfig(
+                        bos_token_id=_TOKENS.bos_id, eos_token_id=_TOKENS.eos_id, pad_token_id=_TOKENS.pad_id
+                    ),
                 )
         except (OSError, SafetensorError) as exc:
             raise ModelLoadError(f"--model {cfg.model}: cannot load weights: {exc}") from None
         dummy = False
     model = model.to(device=device, dtype=dtype).eval()
     text_cfg = model.config.text_config
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 2
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _TOKENS.pad_id
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -318,8 +323,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         revision=revision,
         dummy=dummy,
         image_token_id=int(model.config.image_token_id),
-        bos_token_id=int(text_cfg.bos_token_id if text_cfg.bos_token_id is not None else 0),
-        eos_token_id=int(text_cfg.eos_token_id if text_cfg.eos_token_id is not None else 1),
+        bos_token_id=int(text_cfg.bos_token_id if text_cfg.bos_token_id is not None else _TOKENS.bos_id),
+        eos_token_id=int(text_cfg.eos_token_id if text_cfg.eos_token_id is not None else _TOKENS.eos_id),
         pad_token_id=int(pad),
         max_positions=int(text_cfg.max_position_embeddings),
     )

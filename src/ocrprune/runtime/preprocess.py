@@ -16,11 +16,14 @@ from PIL import Image, ImageOps
 from transformers import PreTrainedTokenizerBase, UnlimitedOcrImageProcessor
 
 from ..config import MODES, ModeSpec
+from ..models import deepseek_ocr_v1 as v1
+from ..models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1, ImageLayout, layout_for
 
-PATCH = 16  # SAM patch size; with the 4x downsample, one token per 64x64 pixels (ModeSpec grids)
-DOWNSAMPLE = 4
-MAX_TILES = 9
-MIN_TILES = 2
+SPEC = DEEPSEEK_OCR_V1
+PATCH = v1.PATCH  # SAM patch size; with the 4x downsample, one token per 64x64 pixels
+DOWNSAMPLE = v1.DOWNSAMPLE
+MAX_TILES = SPEC.processor.max_tiles
+MIN_TILES = SPEC.processor.min_tiles
 
 
 def image_processor_for(mode: str) -> UnlimitedOcrImageProcessor:
@@ -32,23 +35,13 @@ def image_processor_for(mode: str) -> UnlimitedOcrImageProcessor:
         tile_size=spec.image_size,
         min_patches=MIN_TILES,
         max_patches=MAX_TILES,
-        maximum_pad_value=640,
-        background_color=[127, 127, 127],
+        maximum_pad_value=SPEC.processor.maximum_pad_value,
+        background_color=list(SPEC.processor.background_color),
     )
 
 
-@dataclass(frozen=True)
-class ImageGeometry:
-    """Token layout of one image's feature block (what RTPrune's layout needs)."""
-
-    global_grid: int
-    local_rows: int
-    local_cols: int
-
-    @property
-    def placeholders(self) -> int:
-        local = self.local_rows * (self.local_cols + 1) if self.local_rows else 0
-        return local + self.global_grid * (self.global_grid + 1) + 1
+# One image's token layout (placeholder count and what RTPrune's layout needs): the spec's class.
+ImageGeometry = ImageLayout
 
 
 def placeholder_count(spec: ModeSpec, tiles_cols: int = 0, tiles_rows: int = 0) -> int:
@@ -57,11 +50,8 @@ def placeholder_count(spec: ModeSpec, tiles_cols: int = 0, tiles_rows: int = 0) 
 
 
 def geometry_for(spec: ModeSpec, tiles_cols: int = 0, tiles_rows: int = 0) -> ImageGeometry:
-    """A page's token layout from its mode and tile grid; the grid sides are `ModeSpec`'s (the
-    one place the grid formula is written)."""
-    if tiles_cols and tiles_rows:
-        return ImageGeometry(spec.global_grid, tiles_rows * spec.tile_grid, tiles_cols * spec.tile_grid)
-    return ImageGeometry(spec.global_grid, 0, 0)
+    """A page's token layout from its mode and tile grid (the model spec's `layout_for`)."""
+    return layout_for(spec, tiles_cols, tiles_rows)
 
 
 def normalize_page(image: Image.Image) -> Image.Image:
@@ -134,6 +124,6 @@ class PromptParts:
 
 def prompt_parts(tokenizer: PreTrainedTokenizerBase, prompt: str, bos_token_id: int) -> PromptParts:
     """Split the prompt at `<image>` and tokenize each side without special tokens."""
-    before, after = prompt.split("<image>", 1)
+    before, after = prompt.split(SPEC.tokens.image, 1)
     encode = lambda text: tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()  # noqa: E731
     return PromptParts(prefix=(bos_token_id, *encode(before)), suffix=encode(after))

@@ -38,7 +38,7 @@ def prune_pages(
     """Prune each page's `[L, D]` features; `global_views` is `[B, 3, S, S]` (normalised)."""
     pages = []
     for index, (feats, geo) in enumerate(zip(features, geometry)):
-        layout = rtprune.ImageLayout(geo.global_grid, geo.local_rows, geo.local_cols)
+        layout = geo.token_layout()  # the model spec builds the plain layout rtprune prunes by
         generator = None
         if prune.method == "random":
             generator = torch.Generator(device=feats.device).manual_seed(prune.seed)

@@ -19,28 +19,14 @@ from transformers import (
     UnlimitedOcrForConditionalGeneration,
 )
 
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-PAD = "<｜▁pad▁｜>"
+from ..models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1
+
+_TOKENS = DEEPSEEK_OCR_V1.tokens
+BOS = _TOKENS.bos
+EOS = _TOKENS.eos
+PAD = _TOKENS.pad
 # DeepSeek-OCR's special tokens, in the order of their real ids (0, 1, 2, then 128815...).
-SPECIAL_TOKENS: tuple[str, ...] = (
-    BOS,
-    EOS,
-    PAD,
-    "<image>",
-    "<|ref|>",
-    "<|/ref|>",
-    "<|det|>",
-    "<|/det|>",
-    "<|grounding|>",
-    "<td>",
-    "</td>",
-    "<tr>",
-    "</tr>",
-    "<|User|>",
-    "<|Assistant|>",
-    "[UNK]",
-)
+SPECIAL_TOKENS: tuple[str, ...] = _TOKENS.all
 _CHARS: tuple[str, ...] = tuple(chr(c) for c in range(32, 127)) + ("\n",)
 
 
@@ -96,10 +82,10 @@ def tiny_config(vocab_size: int, image_token_id: int) -> UnlimitedOcrConfig:
             "num_experts_per_tok": 2,
             "mlp_layer_types": ["dense", "sparse"],
             "layer_types": ["full_attention"] * 2,
-            "max_position_embeddings": 8192,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 2,
+            "max_position_embeddings": DEEPSEEK_OCR_V1.max_positions,
+            "bos_token_id": _TOKENS.bos_id,
+            "eos_token_id": _TOKENS.eos_id,
+            "pad_token_id": _TOKENS.pad_id,
         },
         image_token_id=image_token_id,
     )
@@ -139,7 +125,7 @@ def reinit_non_degenerate(model: UnlimitedOcrForConditionalGeneration, seed: int
 def build_tiny_random(seed: int = 0) -> tuple[UnlimitedOcrForConditionalGeneration, PreTrainedTokenizerFast]:
     """Build the seeded tiny random model and its tokenizer (fp32, CPU, eval mode)."""
     tokenizer = build_tiny_tokenizer()
-    config = tiny_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
+    config = tiny_config(len(tokenizer), tokenizer.convert_tokens_to_ids(_TOKENS.image))
     torch.manual_seed(seed)
     model = UnlimitedOcrForConditionalGeneration(config)
     reinit_non_degenerate(model, seed)

@@ -33,7 +33,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -122,14 +122,24 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     _remove_stale_temps(path)
 
 
+_SWEPT: set[str] = set()  # folders this process has already cleared of dead writers' temps
+
+
 def _remove_stale_temps(path: Path) -> None:
-    """Delete temp files for `path` left by a process that was killed mid-write (never trusted)."""
-    prefix = f".{path.name[:100]}."
+    """Delete temp files left in `path`'s folder by processes killed mid-write (never trusted).
+
+    Once per folder per process: a page checkpoint is written per page, and rescanning a folder
+    of 1,500 checkpoints on every write would make a long document quadratic. Temps of a process
+    that dies later are cleared by the next run (one run at a time writes an output folder)."""
+    folder = os.fspath(path.parent)
+    if folder in _SWEPT:
+        return
+    _SWEPT.add(folder)
     with contextlib.suppress(OSError):
-        for entry in os.scandir(path.parent):
+        for entry in os.scandir(folder):
             name = entry.name
-            if name.startswith(prefix) and name.endswith(".tmp"):
-                pid = name[len(prefix) :].split(".", 1)[0]
+            if name.startswith(".") and name.endswith(".tmp"):
+                pid = name[:-4].rsplit(".", 2)[-2]
                 if pid.isdigit() and not _alive(int(pid)):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
@@ -243,15 +253,24 @@ def write_document(
 
 
 def _remove_stale(paths: DocPaths, old: Mapping[str, Any] | None, kept: set[str]) -> None:
-    """Delete outputs an older manifest listed that the new one does not (inside the document's
-    folder only; a format no longer asked for is left alone, it is the user's)."""
-    if not old or not isinstance(old.get("outputs"), dict):
+    """Delete figure files an older manifest listed that the new one does not (a format no
+    longer asked for is left alone: it is the user's)."""
+    images = _rel(paths.md.parent, paths.images_dir)
+    _remove_listed(paths, old, lambda name, rel: name not in kept and rel.parts[:1] == (images,))
+
+
+def _remove_listed(
+    paths: DocPaths, manifest: Mapping[str, Any] | None, remove: Callable[[str, PurePosixPath], bool]
+) -> None:
+    """Delete the outputs `manifest` lists that `remove` picks, inside the document's folder
+    only, then its image folder if that is now empty."""
+    outputs = manifest.get("outputs") if manifest else None
+    if not isinstance(outputs, dict):
         return
     base = paths.md.parent
-    images = _rel(base, paths.images_dir)
-    for name in old["outputs"]:
+    for name in outputs:
         rel = PurePosixPath(str(name))
-        if name in kept or rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != (images,):
+        if rel.is_absolute() or ".." in rel.parts or not remove(str(name), rel):
             continue
         target = base.joinpath(*rel.parts)
         ensure_inside(paths.root, target)
@@ -276,16 +295,7 @@ def remove_document(paths: DocPaths) -> bool:
     if old is None:
         return False
     _unlink(paths.manifest)
-    base = paths.md.parent
-    for name in old.get("outputs") or {}:
-        rel = PurePosixPath(str(name))
-        if rel.is_absolute() or ".." in rel.parts:
-            continue
-        target = base.joinpath(*rel.parts)
-        ensure_inside(paths.root, target)
-        _unlink(target)
-    with contextlib.suppress(OSError):
-        paths.images_dir.rmdir()
+    _remove_listed(paths, old, lambda name, rel: True)
     clear_checkpoints(paths)
     return True
 

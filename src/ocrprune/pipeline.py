@@ -477,8 +477,9 @@ class _Run:
         if self.config.force:
             files.clear_checkpoints(paths)
             return state
-        if files.is_done(paths, key, self.config.formats):
-            recorded = _recorded_document(shown, rel, files.read_manifest(paths) or {})
+        manifest = files.read_manifest(paths)
+        if manifest is not None and files.is_done(paths, key, self.config.formats, manifest):
+            recorded = _recorded_document(shown, rel, manifest)
             if not (self.config.retry_failed and not recorded.ok):
                 self._record(recorded)
                 log.debug("skipping %s: already done with the same options", shown)

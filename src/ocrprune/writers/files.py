@@ -434,14 +434,18 @@ def read_manifest(paths: DocPaths) -> dict | None:
 
 
 def is_done(
-    paths: DocPaths, expected_manifest_key: Mapping[str, Any], formats: Iterable[str]
+    paths: DocPaths,
+    expected_manifest_key: Mapping[str, Any],
+    formats: Iterable[str],
+    manifest: Mapping[str, Any] | None = None,
 ) -> bool:
     """True only if the manifest's key matches and every output it lists is intact.
 
     `expected_manifest_key` is `manifest_key(...)` (a whole `manifest_for(...)` is accepted too).
     Each of `formats` (`md`/`markdown`, `json`; others are ignored) must have been written.
+    `manifest`: the manifest already read by the caller (read here when None).
     """
-    manifest = read_manifest(paths)
+    manifest = manifest if manifest is not None else read_manifest(paths)
     if manifest is None:
         return False
     expected = expected_manifest_key.get("key", expected_manifest_key)

@@ -81,6 +81,24 @@ class OutputError(OcrpruneError):
     exit_code = ExitCode.OUTPUT_NOT_WRITABLE
 
 
+class UnsafeOutputError(OutputError):
+    """A path under the output folder that ocrprune refuses to follow or write: a link or a
+    non-regular file planted where its own files go, a manifest naming a path outside the
+    document's folder. Raised for one document, it costs that document (kind `unsafe_output`)
+    and the batch goes on; raised for the run's own files (lock, marker, run reports) it stops
+    the run with exit 6, before anything is written through it."""
+
+    kind = "unsafe_output"
+
+    def __init__(self, path: object, detail: str) -> None:
+        self.path = str(path)
+        self.detail = escape_name(detail)
+        super().__init__(f"refusing {escape_name(self.path)}: {self.detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.detail))
+
+
 class BusyError(OcrpruneError):
     """Another ocrprune run is writing to the same output folder (an overrunning cron job)."""
 

@@ -420,6 +420,8 @@ class _Run:
             log.warning("nothing to do: no documents found in %s", ", ".join(escape_name(i) for i in config.inputs))
             return []
         self.single_stdout_doc = self.emit is not None and len(docs) == 1 and not problems
+        if docs:
+            self._before_output()
         if self.emit is None:
             files.prepare_output_root(config.out)
             self.stack.enter_context(files.RunLock(config.out))
@@ -448,6 +450,10 @@ class _Run:
                     not_ok,
                 )
         return pending
+
+    def _before_output(self) -> None:
+        """Called once there are documents, before `--out` is prepared and locked (the Ray runner
+        joins its cluster here, so a bad address never holds the lock)."""
 
     def _resolve_dtype(self) -> str:
         """The dtype the model will run in, as manifests record it (imports torch)."""

@@ -381,7 +381,7 @@ def test_json_log_format_makes_the_summary_one_json_record(tmp_path):
         "summary",
         "info",
     )
-    assert summary["documents"] == {"total": 1, "ok": 0, "failed": 1, "skipped": 0, "skipped_not_ok": 0}
+    assert summary["documents"] == {"total": 1, "ok": 0, "failed": 1, "skipped": 0, "skipped_not_ok": 0, "not_reached": 0}
     assert (summary["exit_code"], summary["outputs"]) == (4, str(out))
     assert [r.get("event") for r in records].count("summary") == 1
 

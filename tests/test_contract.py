@@ -189,7 +189,7 @@ def test_a_rerun_over_capped_pages_exits_3_reports_everything_and_keeps_each_run
     assert int(second.exit_code) == 3
     assert [(Path(d.source).name, d.skipped) for d in second.docs] == [("capped.pdf", True), ("good.pdf", True)]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["documents"] == {"total": 2, "ok": 1, "failed": 1, "skipped": 2, "skipped_not_ok": 1}
+    assert report["documents"] == {"total": 2, "ok": 1, "failed": 1, "skipped": 2, "skipped_not_ok": 1, "not_reached": 0}
     assert report["pages"]["by_status"]["length"] == 1 and report["pages"]["by_status"]["ok"] == 2
     assert report["pages"]["processed"] == 0
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "pages.csv").read_text())))

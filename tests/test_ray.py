@@ -307,7 +307,7 @@ def test_an_engine_failing_on_one_document_is_a_status_row_and_the_batch_goes_on
     d3 = json.loads((tmp_path / "out" / "in" / "d3.pdf.json").read_text())
     assert d3["pages"][0]["error"] == "RuntimeError: injected failure on document 3"
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["documents"] == {"total": 4, "ok": 3, "failed": 1, "skipped": 0, "skipped_not_ok": 0}
+    assert report["documents"] == {"total": 4, "ok": 3, "failed": 1, "skipped": 0, "skipped_not_ok": 0, "not_reached": 0}
     assert sum(w["documents_failed"] for w in report["workers"]) == 1
 
 

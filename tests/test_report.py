@@ -98,7 +98,7 @@ def test_build_report_hand_computed_numbers() -> None:
         "prune_method": "rtprune", "prompt": "p", "device": "cuda", "dtype": "bf16",
         "dummy_model": False, "engine": "hf", "positions": "gapped", "ocrprune_version": "0.1.0",
     }  # fmt: skip
-    assert report["documents"] == {"total": 4, "ok": 2, "failed": 2, "skipped": 1, "skipped_not_ok": 0}
+    assert report["documents"] == {"total": 4, "ok": 2, "failed": 2, "skipped": 1, "skipped_not_ok": 0, "not_reached": 0}
     assert report["pages"] == {
         "total": 4, "processed": 4, "timed": 3,
         "by_status": {"ok": 2, "length": 0, "repetition": 1, "timeout": 0, "render_error": 1, "model_error": 0},

@@ -23,6 +23,7 @@ are expanded and the output folder is checked), so usage problems, missing input
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .backend import Backend, describe_run, open_backend, run_info_for  # noqa: F401 - run_info_for re-exported
 from .batching import BatchFailure, run_split
 from .config import RunConfig, keep_label
-from .errors import ExitCode, InputError, Interrupted
+from .errors import ExitCode, InputError, Interrupted, UnsafeOutputError
 from .inputs import Document, expand_inputs, fallback_rel
 from .loops import ends_in_loop
 from .names import escape_name
@@ -57,7 +58,7 @@ from .records import (
     page_to_record,
 )
 from .report import build_report, exit_code_for, pages_csv, summarize
-from .resume import expected_revision, output_options
+from .resume import PAGE_CAP, expected_revision, legacy_options, output_options, page_reusable
 from .writers import files
 from .writers.json import render_json, render_jsonl
 from .writers.markdown import render_markdown
@@ -102,11 +103,15 @@ class _DocState:
     digest: str = ""
     key: dict[str, Any] = field(default_factory=dict)
     reuse: dict[int, PageResult] = field(default_factory=dict)  # checkpointed pages
+    caps: dict[int, int] = field(default_factory=dict)  # the token cap each reused page ran with
     expected: list[int] = field(default_factory=list)
     results: dict[int, PageResult] = field(default_factory=dict)
     opened: bool = False
     rendered_all: bool = False
     error: InputError | None = None
+    # A path of this document under --out that must not be written (a planted link): the
+    # document is converted, then reported as an `unsafe_output` failure and not written.
+    unsafe: UnsafeOutputError | None = None
 
     def complete(self) -> bool:
         if self.error is not None and not self.opened:
@@ -187,9 +192,12 @@ class _Run:
         self.batch_size = 1
         self.single_stdout_doc = False
         self.options: dict[str, Any] = {}
+        self.legacy_options: dict[str, Any] = {}
         self.revision: str | None = None
         self.dtype_name: str = config.model.dtype
+        self.device_name: str = config.model.device  # resolved with the dtype (`_resolve_dtype`)
         self.inputs_total = 0
+        self.input_names: list[str] = []  # every input's shown name, for `not_reached`
         self.nothing_to_do = False
         self.output_ready = False
         self.pending_records: list[DocResult] = []  # stdout: failures emitted once run_info is known
@@ -229,7 +237,9 @@ class _Run:
                 )
 
     def _finish(self, state: _DocState) -> None:
-        """Write a complete document (outputs then manifest) and record it."""
+        """Write a complete document (outputs then manifest) and record it. A document whose
+        outputs would go through a planted link is recorded as an `unsafe_output` failure and
+        not written; the batch goes on."""
         pages = tuple(state.results[p] for p in sorted(state.results))
         error = state.error.detail if state.error is not None else None
         kind = state.error.kind if state.error is not None else None
@@ -240,48 +250,87 @@ class _Run:
             error=error,
             error_kind=kind,
             page_count=len(state.expected),
+            reused=tuple(sorted(p for p in state.reuse if p in state.results)),
         )
-        self._record(result)
         if state.error is not None:
             log.error("%s", state.error, extra={"file": state.shown, "kind": state.error.kind})
         self._log_pages(state, pages)
-        if self.config.fail_fast and not result.ok:
-            self.stop = True
         assert self.run_info is not None
-        image_dir = f"{state.rel.name}_images"
         if self.emit is not None:
+            self._finish_record(result)
             self._emit_document(result)
             return
         assert state.paths is not None
-        if state.error is not None and not state.opened:
-            # Nothing readable: write nothing (a re-run tries again, e.g. with --password), and
-            # remove what an earlier run wrote for this input so old text is never taken for new.
-            if files.remove_document(state.paths):
-                log.warning("%s: removed the outputs of an earlier conversion (the input now fails)", state.shown)
+        try:
+            if state.unsafe is not None:
+                raise state.unsafe
+            if state.error is not None and not state.opened:
+                self._forget_old_outputs(state)  # nothing readable: nothing to write
+            else:
+                self._write(state, result)
+        except UnsafeOutputError as unsafe:
+            result = dataclasses.replace(result, error=str(unsafe), error_kind=unsafe.kind)
+            log.error("%s: %s: %s", state.shown, unsafe.kind, unsafe, extra={"file": state.shown, "kind": unsafe.kind})
+        self._finish_record(result)
+
+    def _finish_record(self, result: DocResult) -> None:
+        self._record(result)
+        if self.config.fail_fast and not result.ok:
+            self.stop = True
+
+    def _forget_old_outputs(self, state: _DocState) -> None:
+        """An input that converted once and now fails to open: remove its old outputs only if
+        its bytes changed since (old text is never taken for new). Outputs of the same bytes
+        stay (a forgotten password, a renderer that now fails), and a run that selects pages
+        (`--pages`) never removes anything."""
+        assert state.paths is not None and state.error is not None
+        if state.error.kind == "no_pages_selected" or self.config.raster.pages:
             return
+        old = files.read_manifest(state.paths)
+        key = old.get("key") if old is not None else None
+        recorded = key.get("input_sha256") if isinstance(key, dict) else None
+        if recorded is None or recorded == state.digest:
+            return
+        if files.remove_document(state.paths):
+            log.warning(
+                "%s: removed the outputs of an earlier conversion (the input changed and now fails to open)",
+                state.shown,
+                extra={"file": state.shown},
+            )
+
+    def _write(self, state: _DocState, result: DocResult) -> None:
+        """The document's files, then its manifest (the key `_plan` checks a re-run against)."""
+        assert state.paths is not None and self.run_info is not None
+        image_dir = f"{state.rel.name}_images"
+        formats = self.config.formats
         markdown = (
             render_markdown(result, page_separator=self.config.page_separator, image_dir=image_dir)
-            if "md" in self.config.formats
+            if "md" in formats
             else None
         )
-        json_text = render_json(result, self.run_info, image_dir=image_dir) if "json" in self.config.formats else None
-        figures = [f for page in pages for f in page.figures]
-        manifest = files.manifest_for(  # the same key `_plan` checks a re-run against
+        json_text = render_json(result, self.run_info, image_dir=image_dir) if "json" in formats else None
+        figures = [f for page in result.pages for f in page.figures]
+        manifest = files.manifest_for(
             state.digest,
             self.options,
             self.config.model.model,
             self.revision,
-            [p.status for p in pages],
+            [p.status for p in result.pages],
             source=state.shown,
             source_path=escape_name(os.path.normpath(state.doc.path)),
-            pages=[page_to_record(p, full=False) for p in pages],
-            error=error,
-            error_kind=kind,
+            pages=[self._page_record(state, p, full=False) for p in result.pages],
+            error=result.error,
+            error_kind=result.error_kind,
         )
         files.write_document(state.paths, markdown, json_text, figures, manifest)
         if result.ok:
             files.clear_checkpoints(state.paths)
         log.debug("wrote %s", state.paths.md if markdown is not None else state.paths.json)
+
+    def _page_record(self, state: _DocState, page: PageResult, *, full: bool) -> dict[str, Any]:
+        """A page's checkpoint or manifest record, with the token cap it was produced under."""
+        cap = state.caps.get(page.page, self.config.generation.max_new_tokens)
+        return page_to_record(page, full=full) | {PAGE_CAP: cap}
 
     def _emit_document(self, result: DocResult) -> None:
         assert self.emit is not None and self.run_info is not None
@@ -300,8 +349,11 @@ class _Run:
     def _set_page(self, state: _DocState, result: PageResult) -> None:
         """Record a finished page and checkpoint it, so a re-run never redoes it."""
         state.results[result.page] = result
-        if state.paths is not None and state.key:
-            files.save_checkpoint(state.paths, state.key, page_to_record(result))
+        if state.paths is not None and state.key and state.unsafe is None:
+            try:
+                files.save_checkpoint(state.paths, state.key, self._page_record(state, result, full=True))
+            except UnsafeOutputError as unsafe:
+                state.unsafe = unsafe  # reported once, when the document finishes
 
     def _page_result(self, page: "RenderedPage", output: "PageOutput") -> PageResult:
         from .postprocess import postprocess_page
@@ -412,6 +464,9 @@ class _Run:
             null=config.null_input,
         )
         self.inputs_total = len(docs) + len(problems)
+        self.input_names = [escape_name(p.path) for p in problems] + [escape_name(d.display) for d in docs]
+        # One input named with --stdout prints one document (Markdown or JSON), failed or not.
+        self.single_stdout_doc = self.emit is not None and self.inputs_total == 1
         self.progress.start(self.inputs_total)
         for problem in problems:
             self._fail_input(problem)
@@ -419,7 +474,6 @@ class _Run:
             self.nothing_to_do = True
             log.warning("nothing to do: no documents found in %s", ", ".join(escape_name(i) for i in config.inputs))
             return []
-        self.single_stdout_doc = self.emit is not None and len(docs) == 1 and not problems
         if docs:
             self._before_output()
         if self.emit is None:
@@ -431,6 +485,7 @@ class _Run:
 
         self.dtype_name = self._resolve_dtype()
         self.options = output_options(config, self.dtype_name)
+        self.legacy_options = legacy_options(config, self.dtype_name)
         self.revision = expected_revision(config)
         layout = files.OutputLayout(config.out) if self.emit is None else None
         pending: list[_DocState] = []
@@ -459,7 +514,9 @@ class _Run:
         """The dtype the model will run in, as manifests record it (imports torch)."""
         from .runtime.loading import dtype_label, select_device, select_dtype
 
-        return dtype_label(select_dtype(self.config.model.dtype, select_device(self.config.model.device)))
+        device = select_device(self.config.model.device)
+        self.device_name = str(device)
+        return dtype_label(select_dtype(self.config.model.dtype, device))
 
     def _plan(self, index: int, doc: Document, layout: files.OutputLayout | None) -> _DocState | None:
         """Where a document goes and what is already done: None if skipped or failed here."""
@@ -467,43 +524,70 @@ class _Run:
         if layout is None:
             return _DocState(index=index, doc=doc, shown=shown, rel=doc.rel, paths=None)
         rel = doc.rel
-        paths = layout.paths_for(rel)
-        source_path = escape_name(os.path.normpath(doc.path))
-        if files.taken_by_other(paths, source_path):
-            rel = fallback_rel(rel, os.fspath(doc.path))
-            log.warning("%s: output name %s is taken; writing to %s", shown, escape_name(str(doc.rel)), escape_name(str(rel)))
-            paths = layout.paths_for(rel)
         try:
-            digest = input_digest(doc)
-        except InputError as error:
-            self._fail_input(error, rel)
-            return None
-        key = files.manifest_key(digest, self.options, self.config.model.model, self.revision)
-        state = _DocState(index=index, doc=doc, shown=shown, rel=rel, paths=paths, digest=digest, key=key)
-        if self.config.force:
-            files.clear_checkpoints(paths)
-            return state
-        manifest = files.read_manifest(paths)
-        if manifest is not None and files.is_done(paths, key, self.config.formats, manifest):
-            recorded = _recorded_document(shown, rel, manifest)
-            if not (self.config.retry_failed and not recorded.ok):
-                self._record(recorded)
+            paths = layout.paths_for(rel)
+            source_path = escape_name(os.path.normpath(doc.path))
+            if files.taken_by_other(paths, source_path):
+                rel = fallback_rel(rel, os.fspath(doc.path))
+                log.warning("%s: output name %s is taken; writing to %s", shown, escape_name(str(doc.rel)), escape_name(str(rel)))
+                paths = layout.paths_for(rel)
+            try:
+                digest = input_digest(doc)
+            except InputError as error:
+                self._fail_input(error, rel)
+                return None
+            key = files.manifest_key(digest, self.options, self.config.model.model, self.revision)
+            state = _DocState(index=index, doc=doc, shown=shown, rel=rel, paths=paths, digest=digest, key=key)
+            if self.config.force:
+                files.clear_checkpoints(paths)
+                return state
+            manifest = files.read_manifest(paths)
+            if manifest is not None and self._already_done(state, manifest):
+                self._record(_recorded_document(shown, rel, manifest))
                 log.debug("skipping %s: already done with the same options", shown)
                 return None
-        self._load_reuse(state)
+            self._load_reuse(state)
+        except UnsafeOutputError as unsafe:
+            # A link planted where this document's files go: this document only, never the batch.
+            self._fail_input(InputError(doc.display, unsafe.kind, str(unsafe)), rel)
+            return None
         return state
 
-    def _load_reuse(self, state: _DocState) -> None:
-        """Take the pages an earlier (interrupted) run checkpointed for this document."""
+    def _already_done(self, state: _DocState, manifest: dict[str, Any]) -> bool:
+        """Skip the document? Its manifest matches the key and its outputs are intact, and every
+        recorded page stands under this run's token cap (see `resume.page_reusable`); with
+        `--retry-failed`, only if every page is `ok`. Manifests of 0.1.0, whose key held the cap,
+        count when the cap is unchanged."""
         assert state.paths is not None
+        formats, retry = self.config.formats, self.config.retry_failed
+        if files.is_done(state.paths, state.key, formats, manifest):
+            records = manifest.get("pages")
+            cap = self.config.generation.max_new_tokens
+            pages_stand = isinstance(records, list) and all(
+                isinstance(r, dict) and page_reusable(r, cap, retry_failed=retry) for r in records
+            )
+        else:
+            legacy = files.manifest_key(state.digest, self.legacy_options, self.config.model.model, self.revision)
+            pages_stand = files.is_done(state.paths, legacy, formats, manifest)
+        if not pages_stand:
+            return False
+        return not (retry and not _recorded_document(state.shown, state.rel, manifest).ok)
+
+    def _load_reuse(self, state: _DocState) -> None:
+        """Take the pages an earlier (interrupted, capped or partly failed) run checkpointed for
+        this document that stand under this run's settings (`resume.page_reusable`)."""
+        assert state.paths is not None
+        cap = self.config.generation.max_new_tokens
         for page_no, record in files.load_checkpoints(state.paths, state.key).items():
             try:
                 page = page_from_record(record)
             except (KeyError, TypeError, ValueError):
                 continue
-            if self.config.retry_failed and page.status != "ok":
+            if not page_reusable(record, cap, retry_failed=self.config.retry_failed):
                 continue
             state.reuse[page_no] = page
+            recorded_cap = record.get(PAGE_CAP)
+            state.caps[page_no] = recorded_cap if isinstance(recorded_cap, int) else cap
         if state.reuse:
             log.info("%s: resuming, %d page(s) already converted", state.shown, len(state.reuse))
 
@@ -511,17 +595,10 @@ class _Run:
         """Account for every input, build the report and write it (also after an interrupt)."""
         config = self.config
         if self.run_info is None:
-            self.run_info = describe_run(
-                config,
-                model=config.model.model,
-                revision=self.revision if self.revision is not None else expected_revision(config),
-                device=config.model.device,
-                dtype=self.dtype_name,
-                dummy=config.model.is_tiny_random,
-            )
+            self.run_info = self._provisional_info()
         for result in self.pending_records:
             if self.emit is not None:
-                self.emit(render_jsonl(result, self.run_info, figures_written=False))
+                self._emit_document(result)
         accounted = len(self.docs_out)
         if not self.signal and not self.stop and accounted != self.inputs_total:
             # Never drop an input silently: if the pipeline lost one, say so as a failure.
@@ -530,7 +607,13 @@ class _Run:
                 self.docs_out.append(
                     DocResult(source="?", stem="?", error="lost by the pipeline (a bug)", error_kind="internal")
                 )
-        summary = summarize(self.docs_out, wall_seconds=time.perf_counter() - started, signal=self.signal)
+        reached = {d.source for d in self.docs_out}
+        not_reached = [n for n in self.input_names if n not in reached] if self.signal or self.stop else []
+        if not_reached:
+            log.warning("%d input(s) not converted by this run (listed in report.json); re-run to convert them", len(not_reached))
+        summary = summarize(
+            self.docs_out, wall_seconds=time.perf_counter() - started, signal=self.signal, not_reached=not_reached
+        )
         if self.nothing_to_do:
             return RunOutcome(summary, self.docs_out, None, ExitCode.OK, self.run_info)
         report = build_report(self.docs_out, summary, self.run_info, _peak_rss_mb(), self._peak_gpu_mb())
@@ -539,6 +622,19 @@ class _Run:
         if self.emit is None and self.output_ready:
             files.write_run_report(config.out, _json(report), pages_csv(self.docs_out), self.run_id)
         return RunOutcome(summary, self.docs_out, report, exit_code_for(summary), self.run_info)
+
+    def _provisional_info(self) -> RunInfo:
+        """The run description before (or without) a loaded model: for documents that never
+        reached it, and for the report of a run that loaded none."""
+        config = self.config
+        return describe_run(
+            config,
+            model=config.model.model,
+            revision=self.revision if self.revision is not None else expected_revision(config),
+            device=self.device_name,
+            dtype=self.dtype_name,
+            dummy=config.model.is_tiny_random,
+        )
 
     def _peak_gpu_mb(self) -> float | None:
         return self.engine.peak_gpu_mb() if self.engine is not None else None
@@ -552,7 +648,15 @@ class _Run:
         from .raster import DocDone, DocFailed, DocOpened, PageRendered, PageStream, RenderedPage
 
         factory = self.engine_factory or (lambda: build_engine(self.config))
-        self.engine, self.run_info, self.batch_size = factory()
+        if self.run_info is None:
+            self.run_info = self._provisional_info()  # until a page needs the model
+
+        def ensure_engine() -> None:
+            """The model loads when the first page needs it: a run whose pending inputs all fail
+            to open (or render) never loads it."""
+            if self.engine is None:
+                self.engine, self.run_info, self.batch_size = factory()
+
         batch: list[tuple[_DocState, RenderedPage]] = []
         stream = PageStream([s.doc for s in pending], self.config.raster, max_pages_in_flight=self.config.queue_pages)
         active: dict[int, _DocState] = {}
@@ -599,6 +703,7 @@ class _Run:
                         self._set_page(state, self._failed_page(page, "render_error", message))
                         self.progress.pages_finished(1)
                     else:
+                        ensure_engine()
                         batch.append((state, page))
                         if len(batch) >= self.batch_size:
                             flush()
@@ -684,6 +789,7 @@ class DocConverter:
     def _convert(self, planned: PlannedDoc, shown: str) -> DocResult:
         run = _Run(self.config, NoProgress(), None, lambda: (self.engine, self.info, self.batch_size))
         run.dtype_name, run.options, run.revision = self.dtype_name, self.options, self.revision
+        run.run_info = self.info  # the loaded engine's description, for every document
         key = files.manifest_key(planned.digest, self.options, self.config.model.model, self.revision)
         if key != planned.key:
             log.warning(

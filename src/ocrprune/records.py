@@ -112,6 +112,9 @@ class DocResult:
     # True when the document was converted by an earlier run and skipped by this one; its pages
     # then carry the statuses and figures recorded in its manifest (no text).
     skipped: bool = False
+    # Pages taken from an earlier run's checkpoints rather than converted by this run (resume,
+    # --retry-failed): reported with the document, not counted as this run's work.
+    reused: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -167,8 +170,10 @@ class RunSummary:
     interrupted: bool = False
     # The signal that stopped the run (2 SIGINT, 15 SIGTERM, 1 SIGHUP); exit code 128 + signal.
     signal: int = 0
-    pages_processed: int = 0  # pages converted by this run (skipped documents' pages excluded)
+    pages_processed: int = 0  # pages converted by this run (skipped documents' and reused pages excluded)
     documents_skipped_not_ok: int = 0  # skipped documents whose recorded pages are not all ok
+    # Inputs this run never finished (--fail-fast stopped it, or a signal): shown names.
+    not_reached: tuple[str, ...] = ()
 
 
 # ---- plain-dict codec: page checkpoints and manifests store pages as JSON --------------------------

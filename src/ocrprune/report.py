@@ -3,7 +3,11 @@
 * The report describes the state of every document of the run after it: documents converted by
   this run, and documents skipped because an earlier run converted them (`skipped: true` in
   `pages.csv`, with the statuses and figures their manifests recorded). Page counts by status
-  cover both; throughput and stage percentiles cover only pages this run converted.
+  and token reduction cover both; throughput, `pages.processed` and stage percentiles cover only
+  pages this run converted (not skipped documents, nor pages taken from an earlier run's
+  checkpoints on resume or `--retry-failed`).
+* Inputs a run never finished (`--fail-fast` stopped it, or a signal did) are counted in
+  `documents.not_reached` and listed by name in `not_reached`.
 * Stage percentiles use the **nearest-rank** method: p = the value at rank ceil(p/100 * n) of the
   sorted values (1-based), so every reported percentile is a time some page actually took. They
   cover pages that reached the model (`ok`, `length`, `repetition`, `timeout`); `render_error`
@@ -71,6 +75,7 @@ def summarize(
     wall_seconds: float = 0.0,
     interrupted: bool = False,
     signal: int = 0,
+    not_reached: Sequence[str] = (),
 ) -> RunSummary:
     """Count a run's documents and pages; a document is failed unless all its pages are ok.
 
@@ -91,9 +96,15 @@ def summarize(
         wall_seconds=wall_seconds,
         interrupted=interrupted or bool(signal),
         signal=signal or (2 if interrupted else 0),
-        pages_processed=sum(len(d.pages) for d in docs if not d.skipped),
+        pages_processed=len(processed_pages(docs)),
         documents_skipped_not_ok=sum(1 for d in skipped_docs if not d.ok),
+        not_reached=tuple(not_reached),
     )
+
+
+def processed_pages(docs: Sequence[DocResult]) -> list[PageResult]:
+    """The pages this run converted: not skipped documents', nor pages reused from checkpoints."""
+    return [p for d in docs if not d.skipped for p in d.pages if p.page not in d.reused]
 
 
 def exit_code_for(summary: RunSummary) -> ExitCode | int:
@@ -121,7 +132,7 @@ def build_report(
     peak_gpu_mb: float | None,
 ) -> dict[str, Any]:
     """The run report (written as `report.json`); plain JSON values, fixed key order."""
-    pages = [p for d in docs if not d.skipped for p in d.pages]
+    pages = processed_pages(docs)
     timed = [p for p in pages if p.status in TIMED_STATUSES]
     wall = summary.wall_seconds
     generated = sum(p.tokens.generated for p in pages)
@@ -135,6 +146,7 @@ def build_report(
             "failed": summary.documents_failed,
             "skipped": summary.documents_skipped,
             "skipped_not_ok": summary.documents_skipped_not_ok,
+            "not_reached": len(summary.not_reached),
         },
         "pages": {
             "total": summary.pages,
@@ -150,9 +162,10 @@ def build_report(
         "decode_tokens_per_s": _rate(sum(p.tokens.generated for p in timed), decode_s),
         "percentile_method": "nearest-rank",
         "stages_ms": {stage: _stage_stats(timed, stage) for stage in STAGES},
-        "tokens": _token_fields(pages),
+        "tokens": _token_fields([p for d in docs for p in d.pages]),
         "memory": {"peak_rss_mb": _round(peak_rss_mb, 1), "peak_gpu_mb": _round(peak_gpu_mb, 1)},
         "interrupted": summary.interrupted,
+        "not_reached": list(summary.not_reached),
         "exit_code": int(exit_code_for(summary)),
     }
 
@@ -184,8 +197,12 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     )
     if docs.get("skipped_not_ok"):
         table.add_row("skipped, not ok", f"{docs['skipped_not_ok']} (--retry-failed redoes them)")
+    if docs.get("not_reached"):
+        table.add_row("not reached", f"{docs['not_reached']} (listed in report.json; re-run to convert them)")
     by_status = ", ".join(f"{n} {s}" for s, n in pages["by_status"].items() if n) or "0"
     table.add_row("pages", by_status)
+    if pages.get("processed") != pages.get("total"):
+        table.add_row("pages converted now", str(pages.get("processed")))
     for kind, count in report["failures_by_kind"].items():
         table.add_row(f"failed: {kind}", str(count))
     table.add_row("wall time", f"{report['wall_seconds']:.1f} s")

@@ -287,3 +287,18 @@ def test_stdout_with_one_failing_input_prints_the_same_form(tmp_path, make):
     assert emitted[0].startswith(f"> **ocrprune: document failed: {kind}: ")
     assert emitted[0].endswith("**\n") and emitted[0].count("\n") == 1
     assert not (tmp_path / "unused").exists()
+
+
+# ---- 12. one line for a run of identical page failures -----------------------------------------------
+
+
+def test_a_pdf_lying_about_its_page_count_costs_one_log_line_not_one_per_page(tmp_path, caplog):
+    from test_render_limits import make_lying_pdf
+
+    pdf = make_lying_pdf(tmp_path / "lies.pdf", claimed=5_000)
+    with caplog.at_level("ERROR", logger="ocrprune"):
+        outcome = run_at(tmp_path, [pdf], ScriptedEngine())
+    assert int(outcome.exit_code) == 3
+    lines = [r.getMessage() for r in caplog.records if "lies.pdf" in r.getMessage()]
+    detail = "pages 4-5000 are not in the PDF's page tree (it claims 5000 pages and holds 3)"
+    assert lines == [f"{pdf}: render_error: {detail}", f"{pdf} pages 4-5000: render_error: {detail}"]

@@ -225,16 +225,19 @@ class _Run:
             self.stop = True
 
     def _log_pages(self, state: _DocState, pages: tuple[PageResult, ...]) -> None:
-        for page in pages:
-            if page.status != "ok":  # an error, so that `-q` still names every page that is not ok
-                log.error(
-                    "%s page %d: %s%s",
-                    state.shown,
-                    page.page,
-                    page.status,
-                    f": {page.error}" if page.error else "",
-                    extra={"file": state.shown, "page": page.page, "kind": page.status},
-                )
+        """One error line per page that is not ok (so `-q` still names each), except that a run
+        of consecutive pages failing the same way is one line (`pages 4-100000: render_error:
+        ...`): a PDF that lies about its page count costs one line, not 100,000."""
+        for first, last, status, error in _failure_runs(pages):
+            where = f"page {first}" if first == last else f"pages {first}-{last}"
+            log.error(
+                "%s %s: %s%s",
+                state.shown,
+                where,
+                status,
+                f": {error}" if error else "",
+                extra={"file": state.shown, "page": first, "kind": status},
+            )
 
     def _finish(self, state: _DocState) -> None:
         """Write a complete document (outputs then manifest) and record it. A document whose
@@ -805,6 +808,26 @@ class DocConverter:
         if len(run.docs_out) != 1:
             raise RuntimeError(f"{len(run.docs_out)} results for one document")
         return run.docs_out[0]
+
+
+def _failure_runs(pages: tuple[PageResult, ...]) -> Iterator[tuple[int, int, str, str | None]]:
+    """(first, last, status, error) for each run of consecutive pages that are not ok and fail
+    with the same status and error."""
+    run: list[Any] | None = None
+    for page in pages:
+        if page.status == "ok":
+            if run is not None:
+                yield tuple(run)  # type: ignore[misc]
+                run = None
+            continue
+        if run is not None and run[1] + 1 == page.page and (run[2], run[3]) == (page.status, page.error):
+            run[1] = page.page
+            continue
+        if run is not None:
+            yield tuple(run)  # type: ignore[misc]
+        run = [page.page, page.page, page.status, page.error]
+    if run is not None:
+        yield tuple(run)  # type: ignore[misc]
 
 
 def _recorded_document(shown: str, rel: PurePosixPath, manifest: dict[str, Any]) -> DocResult:

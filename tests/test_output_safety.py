@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pytest
 from docgen import make_pdf

@@ -58,6 +58,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ocrprune.errors import BusyError, OutputError, UnsafeOutputError
+from ocrprune.names import escape_name
 from ocrprune.records import Figure
 
 log = logging.getLogger("ocrprune")
@@ -307,7 +308,7 @@ def _replace_in(fd: int, name: str, payload: bytes) -> None:
 
 
 _SWEPT: set[str] = set()  # folders this process has already cleared of dead writers' temps
-_TEMP = re.compile(r"\..*\.(\d+)\.[0-9a-f]+\.tmp", re.DOTALL)
+_TEMP = re.compile(r"\..*\.(\d+)\.[^.]+\.tmp", re.DOTALL)  # .NAME.PID.TOKEN.tmp
 
 
 def _sweep_temps(fd: int, folder: Path) -> None:
@@ -442,8 +443,6 @@ def _warn_damaged(fd: int | None, name: str, path: Path, what: str, reason: str,
     if key in _WARNED:
         return
     _WARNED.add(key)
-    from ocrprune.names import escape_name
-
     shown = escape_name(path)
     log.warning("%s: damaged %s ignored (%s); %s", shown, what, reason, then, extra={"file": shown})
 
@@ -767,7 +766,8 @@ def _key_matches(fd: int, folder: Path, key: Mapping[str, Any]) -> bool:
             raise _Damaged(f"a JSON {type(saved).__name__}, not an object")
     except _Damaged as damaged:
         then = "the document's saved pages are discarded"
-        _warn_damaged(fd, _CHECKPOINT_KEY, folder / _CHECKPOINT_KEY, "page checkpoint key", str(damaged), then)
+        path = folder / _CHECKPOINT_KEY
+        _warn_damaged(fd, _CHECKPOINT_KEY, path, "page checkpoint key", str(damaged), then)
         return False
     return saved == json.loads(json.dumps(dict(key)))
 
@@ -822,7 +822,8 @@ def save_checkpoint(paths: DocPaths, key: Mapping[str, Any], record: Mapping[str
     parts = _parts(paths.root, folder)
     key_file = _lstat_at(paths.root, (*parts, _CHECKPOINT_KEY))
     if key_file is None or not stat.S_ISREG(key_file.st_mode):
-        _write_at(paths.root, (*parts, _CHECKPOINT_KEY), json.dumps(dict(key), sort_keys=True) + "\n")
+        text = json.dumps(dict(key), sort_keys=True) + "\n"
+        _write_at(paths.root, (*parts, _CHECKPOINT_KEY), text)
     text = json.dumps(dict(record), ensure_ascii=False, separators=(",", ":"))
     _write_at(paths.root, (*parts, f"p{int(record['page']):06d}.json"), text + "\n")
 
@@ -847,11 +848,27 @@ def clear_checkpoints(paths: DocPaths) -> None:
         if not stat.S_ISDIR(st.st_mode):
             _refuse_entry(fd, name, folder, paths.root, "not a folder")
             return
-        shutil.rmtree(name, dir_fd=fd)  # fd-based: never follows a link inside it
+        _rmtree_in(fd, name, folder)
     except OSError as exc:
         raise OutputError(f"cannot remove {folder}: {_reason(exc)}") from exc
     finally:
         os.close(fd)
+
+
+def _rmtree_in(fd: int, name: str, folder: Path) -> None:
+    """Remove the folder `name` in `fd` and everything in it, never following a link."""
+    if shutil.rmtree.avoids_symlink_attacks:  # fd-based (Linux; macOS on recent Pythons)
+        shutil.rmtree(name, dir_fd=fd)
+        return
+    inner = os.open(name, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd)
+    try:  # a checkpoint folder holds files only; a planted folder inside it is refused
+        for entry in list(os.scandir(inner)):
+            if entry.is_dir(follow_symlinks=False):
+                raise UnsafeOutputError(folder / entry.name, "a folder inside a checkpoint folder")
+            os.unlink(entry.name, dir_fd=inner)
+    finally:
+        os.close(inner)
+    os.rmdir(name, dir_fd=fd)
 
 
 # ---- the output root: marker, lock and run reports ---------------------------------------------

@@ -696,3 +696,15 @@ def test_a_checkpoint_naming_a_figure_outside_costs_that_document_and_the_rest_c
     assert _by_name(outcome) == {"one.pdf": "unsafe_output", "two.pdf": None}
     assert (tmp_path / "out" / "b" / "two.pdf.md").is_file()
     assert untouched(outside)
+
+
+def test_a_case_variant_listed_in_a_manifest_is_accepted_but_never_deleted(out):
+    paths = write_doc(out)
+    (paths.md.parent / "DOC.pdf.md").write_text("another document's output")
+    manifest = json.loads(paths.manifest.read_text())
+    manifest["outputs"]["DOC.pdf.md"] = {"size": 1, "sha256": "0" * 64}
+    paths.manifest.write_text(json.dumps(manifest))
+    assert files.read_manifest(paths) is not None  # a case-insensitive disk could fold these
+    files.write_document(paths, "# md\n", None, [], files.manifest_for("sha-in", OPTIONS, "model", None, ["ok"]))
+    assert (paths.md.parent / "DOC.pdf.md").read_text() == "another document's output"
+    assert not paths.json.exists()

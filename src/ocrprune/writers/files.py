@@ -594,24 +594,25 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _own_names(paths: DocPaths) -> tuple[set[str], str]:
-    """This document's output file names (folded as a case-insensitive disk would) and the
-    folded name of its figure folder."""
-    return {_fold(paths.md.name), _fold(paths.json.name)}, _fold(paths.images_dir.name)
-
-
 def _fold(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
-def _is_own(paths: DocPaths, name: str) -> bool:
-    files_, images = _own_names(paths)
+def _is_own(paths: DocPaths, name: str, *, exact: bool = False) -> bool:
+    """True if `name` is one of this document's outputs; names that differ only in case count
+    (a case-insensitive disk folding two documents together, found by `taken_by_other`) unless
+    `exact` (what is deleted)."""
+    fold = (lambda text: text) if exact else _fold
     rel = PurePosixPath(name)
     if name != str(rel) or "\x00" in name or "\\" in name:
         return False
     if len(rel.parts) == 1:
-        return _fold(name) in files_
-    return len(rel.parts) == 2 and _fold(rel.parts[0]) == images and _plain(rel.parts[1])
+        return fold(name) in {fold(paths.md.name), fold(paths.json.name)}
+    return (
+        len(rel.parts) == 2
+        and fold(rel.parts[0]) == fold(paths.images_dir.name)
+        and _plain(rel.parts[1])
+    )
 
 
 def _check_listed(paths: DocPaths, outputs: Mapping[str, Any]) -> None:
@@ -687,7 +688,7 @@ def _remove_listed(
         return
     base = _parts(paths.root, paths.md.parent)
     for name in manifest["outputs"]:
-        if _is_own(paths, name) and remove(name):
+        if _is_own(paths, name, exact=True) and remove(name):
             _unlink_at(paths.root, base + PurePosixPath(name).parts)
     _rmdir_if_empty(paths.root, _parts(paths.root, paths.images_dir))
 

@@ -294,7 +294,7 @@ def test_atomic_write_failure_keeps_old_file_and_removes_temp(
     target = tmp_path / "doc.md"
     target.write_text("old")
 
-    def fail_replace(src: object, dst: object) -> None:
+    def fail_replace(src: object, dst: object, **dir_fds: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(files.os, "replace", fail_replace)

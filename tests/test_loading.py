@@ -451,3 +451,33 @@ def test_cli_refuses_a_folder_missing_a_shard_exit_5_one_line(sharded_checkpoint
         f"model folder {folder} is incomplete: 1 weight file(s) its model.safetensors.index.json lists "
         "are missing: model-00002-of-00004.safetensors; is it fully downloaded?",
     )
+
+
+def test_verify_model_folder_runs_the_same_checks_without_loading(sharded_checkpoint, tmp_path):
+    from ocrprune.runtime.loading import verify_model_folder
+
+    verify_model_folder(sharded_checkpoint)
+    folder = _copy(sharded_checkpoint, tmp_path)
+    (folder / "model-00004-of-00004.safetensors").unlink()
+    with pytest.raises(ModelLoadError) as info:
+        verify_model_folder(folder)
+    assert str(info.value) == (
+        f"model folder {folder} is incomplete: 1 weight file(s) its model.safetensors.index.json "
+        "lists are missing: model-00004-of-00004.safetensors; is it fully downloaded?"
+    )
+
+
+def test_a_weight_file_the_index_does_not_list_is_ignored_with_a_warning(
+    sharded_checkpoint, tiny_checkpoint, tmp_path, caplog
+):
+    folder = _copy(sharded_checkpoint, tmp_path)
+    stray = folder / "old.safetensors"
+    shutil.copy(tiny_checkpoint[0] / "model.safetensors", stray)
+    _rewrite(stray, _rename_all)
+    with caplog.at_level("WARNING", logger="ocrprune"):
+        loaded = load_model(ModelConfig(model=str(folder), device="cpu"))
+    assert torch.equal(loaded.model.lm_head.weight, tiny_checkpoint[1].lm_head.weight)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"model folder {folder}: ignoring weight file(s) its model.safetensors.index.json does "
+        "not list: old.safetensors"
+    ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -29,6 +30,8 @@ from safetensors import SafetensorError, safe_open
 from ..errors import ModelLoadError
 from ..models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1
 from ..names import escape_name
+
+log = logging.getLogger("ocrprune")
 
 SPEC = DEEPSEEK_OCR_V1
 INDEX = "model.safetensors.index.json"
@@ -118,6 +121,15 @@ def weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
         raise ModelLoadError(
             f"{_where(folder)} is incomplete: {len(absent)} weight file(s) its {INDEX} lists are "
             f"missing: {listing(absent)}; is it fully downloaded?"
+        )
+    stray = {path.name for path in folder.glob("*.safetensors")} - set(listed)
+    if stray:
+        # Never read: every tensor the model needs comes from the files the index lists.
+        log.warning(
+            "%s: ignoring weight file(s) its %s does not list: %s",
+            _where(folder),
+            INDEX,
+            listing(stray),
         )
     return [folder / name for name in listed], weight_map
 
@@ -268,9 +280,3 @@ def check_loaded(folder: Path, model: torch.nn.Module, info: Mapping[str, Any]) 
             f"checkpoint: {listing(problems) or escape_name(str(info.get('error_msgs')))}; "
             "is the installed transformers version one ocrprune supports?"
         )
-
-
-def check_model_folder(folder: Path, native: Any) -> None:
-    """Run every check on `folder` without loading weights (for engines that load it themselves)."""
-    with checked_slices(folder, expected_tensors(native)):
-        pass

@@ -256,6 +256,19 @@ def _sequential_loading() -> Iterator[None]:
             os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = previous
 
 
+def verify_model_folder(folder: Path) -> None:
+    """Every strict-loading check on `folder` (from `resolve_model_dir`) without loading weights:
+    for engines that read the folder themselves (vLLM), before they start."""
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise ModelLoadError(f"--model {folder}: no config.json in the folder")
+    _check_weights(folder)
+    with quiet_transformers():
+        expected = expected_tensors(SPEC.convert_config(json.loads(config_path.read_text())))
+    with checked_slices(folder, expected):
+        pass
+
+
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Build model and tokenizer for `cfg` on its device and dtype; errors are one clear line."""
     device = select_device(cfg.device)

@@ -185,6 +185,10 @@ def _resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+def _no_names() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything the runtime knows about one model family."""
@@ -200,6 +204,10 @@ class ModelSpec:
     max_positions: int
     config_converter: str  # "module:function": official/native config.json dict -> native config
     tiny_builder: str  # "module:function": seed -> (tiny random model, tokenizer)
+    # Strict loading (runtime/checkpoint.py): official checkpoint tensors the model does not use,
+    # and buffers the model computes at init instead of loading; each name -> why.
+    unused_checkpoint_tensors: Mapping[str, str] = field(default_factory=_no_names)
+    derived_buffers: Mapping[str, str] = field(default_factory=_no_names)
 
     def layout(self, mode: str, tiles_cols: int = 0, tiles_rows: int = 0) -> ImageLayout:
         """A page's token layout from its mode and tile grid (Gundam: `tiles_cols x tiles_rows`)."""
@@ -257,4 +265,19 @@ DEEPSEEK_OCR_V1 = ModelSpec(
     max_positions=8192,
     config_converter="ocrprune.runtime.loading:native_config",
     tiny_builder="ocrprune.runtime.tiny:build_tiny_random",
+    unused_checkpoint_tensors=MappingProxyType(
+        {
+            # CLIP's own patch convolution: DeepSeek-OCR feeds CLIP the SAM features instead of
+            # pixels, so the official checkpoint carries this tensor unused (runtime doc §1.9).
+            "model.vision_model.embeddings.patch_embedding.weight": "CLIP patch conv, fed SAM instead",
+        }
+    ),
+    derived_buffers=MappingProxyType(
+        {
+            # Non-persistent buffers transformers computes at init: never in a checkpoint.
+            "model.vision_tower.vision_encoder.embeddings.position_ids": "arange(257), CLIP positions",
+            "model.language_model.rotary_emb.inv_freq": "rope frequencies from theta and head size",
+            "model.language_model.rotary_emb.original_inv_freq": "inv_freq's copy for dynamic rope",
+        }
+    ),
 )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from transformers import (
     AutoTokenizer,
     GenerationConfig,
@@ -31,10 +31,12 @@ from transformers import (
 
 from ..config import DEFAULT_MODEL, DEFAULT_REVISION, ModelConfig
 from ..models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1
+from ..names import escape_name
 
 SPEC = DEEPSEEK_OCR_V1
 _TOKENS = SPEC.tokens
 from ..errors import DeviceError, ModelLoadError
+from .checkpoint import INDEX, check_loaded, checked_slices, expected_tensors
 
 log = logging.getLogger("ocrprune")
 
@@ -230,7 +232,7 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
 
 
 def _check_weights(folder: Path) -> None:
-    if not list(folder.glob("*.safetensors")):
+    if not list(folder.glob("*.safetensors")) and not (folder / INDEX).exists():
         pickled = list(folder.glob("*.bin")) + list(folder.glob("*.pt"))
         extra = " (found only pickled weights, which ocrprune never loads)" if pickled else ""
         raise ModelLoadError(f"--model {folder}: no *.safetensors weights{extra}")
@@ -254,23 +256,17 @@ def _sequential_loading() -> Iterator[None]:
             os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = previous
 
 
-@contextlib.contextmanager
-def _checkpoint_slices(folder: Path) -> Iterator[dict[str, Any]]:
-    """Every tensor of the folder's safetensors as a lazy slice, read with pread, not mmap.
-
-    Pages of a memory-mapped file count in the process's resident memory once touched, so an mmap
-    load holds the file (6.7 GB) and the loaded copy at once. pread copies each tensor straight
-    into its own buffer and leaves the file in the page cache, which the kernel can drop.
-    """
-    with contextlib.ExitStack() as stack:
-        slices: dict[str, Any] = {}
-        for path in sorted(folder.glob("*.safetensors")):
-            handle = stack.enter_context(
-                safe_open(str(path), framework="pt", device="cpu", backend="pread")
-            )
-            for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
-                slices[key] = handle.get_slice(key)
-        yield slices
+def verify_model_folder(folder: Path) -> None:
+    """Every strict-loading check on `folder` (from `resolve_model_dir`) without loading weights:
+    for engines that read the folder themselves (vLLM), before they start."""
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise ModelLoadError(f"--model {folder}: no config.json in the folder")
+    _check_weights(folder)
+    with quiet_transformers():
+        expected = expected_tensors(SPEC.convert_config(json.loads(config_path.read_text())))
+    with checked_slices(folder, expected):
+        pass
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
@@ -290,13 +286,20 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         tokenizer = load_tokenizer(folder)
         image_id = tokenizer.convert_tokens_to_ids(_TOKENS.image)
         native = SPEC.convert_config(json.loads(config_path.read_text()), image_id)
+        with quiet_transformers():
+            expected = expected_tensors(native)
         try:
             # Built on the meta device and filled tensor by tensor in `dtype` on the CPU: no fp32
             # copy of a bf16 load, no mmap of the whole file. (Straight onto a GPU would need
             # `device_map`, hence accelerate; `.to(device)` below moves the model parameter by
-            # parameter, so the host never holds more than the weights.)
-            with quiet_transformers(), _sequential_loading(), _checkpoint_slices(folder) as slices:
-                model = UnlimitedOcrForConditionalGeneration.from_pretrained(
+            # parameter, so the host never holds more than the weights.) `checked_slices` refuses
+            # a folder whose tensors are not exactly the model's before any weight is read.
+            with (
+                quiet_transformers(),
+                _sequential_loading(),
+                checked_slices(folder, expected) as slices,
+            ):
+                model, info = UnlimitedOcrForConditionalGeneration.from_pretrained(
                     None,
                     config=native,
                     state_dict=slices,
@@ -307,9 +310,14 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
                     generation_config=GenerationConfig(
                         bos_token_id=_TOKENS.bos_id, eos_token_id=_TOKENS.eos_id, pad_token_id=_TOKENS.pad_id
                     ),
+                    output_loading_info=True,
                 )
         except (OSError, SafetensorError) as exc:
-            raise ModelLoadError(f"--model {cfg.model}: cannot load weights: {exc}") from None
+            detail = escape_name((str(exc).strip() or type(exc).__name__).splitlines()[0])
+            raise ModelLoadError(
+                f"model folder {escape_name(str(folder))}: cannot read its weights ({detail})"
+            ) from None
+        check_loaded(folder, model, info)
         dummy = False
     model = model.to(device=device, dtype=dtype).eval()
     text_cfg = model.config.text_config

@@ -654,7 +654,6 @@ def _by_name(outcome) -> dict[str, str | None]:
     return {Path(d.source).name: d.error_kind for d in outcome.docs}
 
 
-@pytest.mark.xfail(reason="needs pipeline wiring", strict=True)
 def test_a_symlinked_document_folder_costs_that_document_and_the_rest_converts(tmp_path, outside):
     one, two = _two_docs(tmp_path)
     (tmp_path / "out").mkdir()
@@ -666,7 +665,6 @@ def test_a_symlinked_document_folder_costs_that_document_and_the_rest_converts(t
     assert untouched(outside)
 
 
-@pytest.mark.xfail(reason="needs pipeline wiring", strict=True)
 def test_a_manifest_listing_a_path_outside_costs_that_document_and_the_rest_converts(tmp_path, outside):
     one, two = _two_docs(tmp_path)
     assert int(run_scripted(tmp_path, [one], ScriptedEngine()).exit_code) == 0
@@ -681,7 +679,6 @@ def test_a_manifest_listing_a_path_outside_costs_that_document_and_the_rest_conv
     assert untouched(outside)
 
 
-@pytest.mark.xfail(reason="needs pipeline wiring", strict=True)
 def test_a_checkpoint_naming_a_figure_outside_costs_that_document_and_the_rest_converts(tmp_path, outside):
     one, two = _two_docs(tmp_path)
     paths = files.OutputLayout(tmp_path / "out").paths_for("a/one.pdf")

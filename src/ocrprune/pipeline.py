@@ -783,6 +783,9 @@ class DocConverter:
         shown = escape_name(planned.doc.display)
         try:
             return self._convert(planned, shown)
+        except UnsafeOutputError as unsafe:  # a link planted where this document's files go
+            log.error("%s: %s: %s", shown, unsafe.kind, unsafe, extra={"file": shown, "kind": unsafe.kind})
+            return DocResult(source=shown, stem=planned.rel.name, error=str(unsafe), error_kind=unsafe.kind)
         except Exception as exc:  # noqa: BLE001 - a worker never raises for a document
             log.debug("%s: worker failed", shown, exc_info=True)
             error = InputError(planned.doc.display, "internal", f"worker failed: {type(exc).__name__}: {exc}")

@@ -317,9 +317,10 @@ def open_vllm_backend(config: RunConfig) -> VllmEngine:
         raise UsageError(
             "--engine vllm needs a model folder or hub id; tiny-random exists only in memory"
         )
-    from .loading import load_model, resolve_model_dir
+    from .loading import load_model, resolve_model_dir, verify_model_folder
 
     folder, revision = resolve_model_dir(config.model.model, config.model.revision)
+    verify_model_folder(folder)  # a damaged folder is refused before vLLM starts on it
     limit = config.generation.max_positions
     dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(config.model.dtype, "auto")
     utilization = float(os.environ.get("OCRPRUNE_VLLM_GPU_MEMORY", DEFAULT_GPU_MEMORY))

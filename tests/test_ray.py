@@ -575,3 +575,21 @@ def test_a_driver_killed_with_sigkill_then_rerun_converts_only_what_is_missing(t
     third = subprocess.run(command, env=env, capture_output=True, timeout=300, check=False)
     assert third.returncode == 3
     assert json.loads((out / "report.json").read_text())["documents"]["skipped"] == 8
+
+
+@pytest.mark.slow
+def test_a_ray_run_with_json_logs_writes_one_json_object_per_stderr_line(tmp_path, ray_cluster):
+    """Ray's Python loggers, Ray Data's and the driver's C++ core worker (which prints an error
+    line about the actor pool's constructor arguments) all come out as JSON lines."""
+    folder = tmp_path / "in"
+    for d in (1, 2):
+        make_pdf(folder / f"d{d}.pdf", pages=1, text=f"document {d}")
+    command = [sys.executable, "-m", "ocrprune", "convert", str(folder), "--out", str(tmp_path / "out"), "--base",
+               str(tmp_path), *TINY, "--gpus", "2", "--log-format", "json", f"--ray={ray_cluster}"]
+    done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 3, done.stderr[-2000:]  # tiny-random: every page stops at the cap
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # every line one JSON object
+    assert lines[-1]["event"] == "summary"
+    assert [line["message"] for line in lines if line["message"].startswith("ray: 2/2 documents done")]
+    assert sorted(p.name for p in (tmp_path / "out" / "in").iterdir()) == [
+        ".ocrprune", "d1.pdf.json", "d1.pdf.md", "d2.pdf.json", "d2.pdf.md"]

@@ -65,8 +65,12 @@ def require_ray(address: str | None = None) -> None:
 
 # ---- joining the cluster: bounded, interruptible, quiet -------------------------------------------
 
-# Ray's own warning when `ray.init` runs off the main thread, which ocrprune does on purpose.
-_OFF_MAIN_THREAD = "SIGTERM handler is not set because current thread is not the main thread"
+# Ray's warnings about what ocrprune does on purpose: `ray.init` off the main thread, and Ray
+# Data's progress bars off (ocrprune shows its own progress).
+_ON_PURPOSE = (
+    "SIGTERM handler is not set because current thread is not the main thread",
+    "Progress bars disabled. To enable",
+)
 RAY_GCS_PORT, RAY_CLIENT_PORT = 6379, 10001
 
 
@@ -80,7 +84,7 @@ class _RayLogForwarder(logging.Handler):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad log call in Ray must not stop the run
             message = str(record.msg)
-        if message.startswith(_OFF_MAIN_THREAD):
+        if message.startswith(_ON_PURPOSE):
             return
         copy = logging.makeLogRecord(record.__dict__)
         copy.msg, copy.args = f"ray: {message}", None
@@ -91,6 +95,13 @@ class _RayLogForwarder(logging.Handler):
 def _owns_console() -> bool:
     """The CLI set up ocrprune's handlers (and does not propagate): it owns stderr."""
     return bool(log.handlers) and not log.propagate
+
+
+def _console_is_json() -> bool:
+    """`--log-format json`: every stderr line must be one JSON object."""
+    from .console import JsonFormatter  # stdlib and rich only; the CLI has loaded it already
+
+    return _owns_console() and any(isinstance(h.formatter, JsonFormatter) for h in log.handlers)
 
 
 def route_ray_logs() -> bool:
@@ -155,9 +166,10 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def init_ray_within(address: str | None, timeout: float, *, own_console: bool) -> None:
+def init_ray_within(address: str | None, timeout: float, *, own_console: bool) -> threading.Event:
     """`ray.init(address)` that gives up after `timeout` seconds with one `RayClusterError` line
-    (exit 5), and that a signal interrupts at once.
+    (exit 5), and that a signal interrupts at once. Returns the event that lets Ray's thread end:
+    set it after `ray.shutdown()`.
 
     Why a thread: while `ray.init` waits for the cluster it sits in Ray's C++ code, where
     Python runs no signal handler (SIGTERM took 20 s and more to act on) and no deadline can
@@ -176,30 +188,32 @@ def init_ray_within(address: str | None, timeout: float, *, own_console: bool) -
             within = f" within {timeout:g} s" if time.monotonic() >= deadline else ""
             raise RayClusterError(f"{what}{within}: {reason}")
     env = _quiet_waits(timeout) if own_console and where else {}
+    if _console_is_json() and "RAY_BACKEND_LOG_JSON" not in os.environ:
+        env["RAY_BACKEND_LOG_JSON"] = "1"  # the driver's C++ core worker prints errors on stderr
     os.environ.update(env)
     import ray  # seconds on a busy machine: only once something answers
 
     route_ray_logs()
-    outcome: dict[str, BaseException] = {}
-    thread = threading.Thread(target=_init, args=(ray, address, outcome, own_console), name="ocrprune-ray-init", daemon=True)
-    thread.start()
+    init = _RayInit(ray, address, log_to_driver=not own_console)
+    init.start()
     try:
-        while thread.is_alive() and time.monotonic() < deadline:
-            thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
+        while not init.done.wait(min(0.1, max(0.0, deadline - time.monotonic()))) and time.monotonic() < deadline:
+            pass
     except BaseException:
-        _abandon(ray, thread)  # interrupted: leave Ray's thread where it waits
+        _abandon(ray, init)  # interrupted: leave Ray's thread where it waits
         raise
     finally:
-        if not thread.is_alive():  # an abandoned connection may still log: keep it quiet
+        if init.done.is_set():  # an abandoned connection may still log: keep it quiet
             for key in env:
                 os.environ.pop(key, None)
-    if thread.is_alive():
-        _abandon(ray, thread)
+    if not init.done.is_set():
+        _abandon(ray, init)
         reason = f"{endpoint[0]}:{endpoint[1]} accepts connections but no Ray cluster answered there" if endpoint else "no answer"
         raise RayClusterError(f"{what} within {timeout:g} s: {reason}")
-    if "error" in outcome:
-        raise RayClusterError(f"{what}: {_one_line(outcome['error'])}")
+    if init.error is not None:
+        raise RayClusterError(f"{what}: {_one_line(init.error)}")
     log.debug("ray: connected in %.1f s", time.monotonic() - started)
+    return init.release
 
 
 def _quiet_waits(timeout: float) -> dict[str, str]:
@@ -213,20 +227,35 @@ def _quiet_waits(timeout: float) -> dict[str, str]:
     return {name: wait for name in names if name not in os.environ}
 
 
-def _init(ray: Any, address: str | None, outcome: dict[str, BaseException], own_console: bool) -> None:
-    try:
-        level = logging.WARNING if log.getEffectiveLevel() >= logging.INFO else logging.INFO
-        # log_to_driver=False: workers' own stdout/stderr stay in Ray's session logs (what a
-        # worker has to say comes back in its status rows), so the terminal has ocrprune lines only.
-        ray.init(address=address, logging_level=level, log_to_driver=not own_console)
-    except BaseException as exc:  # noqa: BLE001 - reported by the waiting thread, in one line
-        outcome["error"] = exc
+class _RayInit(threading.Thread):
+    """Calls `ray.init`, then stays alive until released. It must: Ray starts a local instance's
+    GCS and raylet with PR_SET_PDEATHSIG, which Linux fires when the *thread* that started them
+    ends, not the process (they died a second after `ray.init` returned)."""
+
+    def __init__(self, ray: Any, address: str | None, *, log_to_driver: bool) -> None:
+        super().__init__(name="ocrprune-ray", daemon=True)
+        self.ray, self.address, self.log_to_driver = ray, address, log_to_driver
+        self.done, self.release = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            level = logging.WARNING if log.getEffectiveLevel() >= logging.INFO else logging.INFO
+            # log_to_driver=False (ocrprune's console): workers' own stdout/stderr stay in Ray's
+            # session logs (what a worker has to say comes back in its status rows).
+            self.ray.init(address=self.address, logging_level=level, log_to_driver=self.log_to_driver)
+        except BaseException as exc:  # noqa: BLE001 - reported by the waiting thread, in one line
+            self.error = exc
+        finally:
+            self.done.set()
+        if self.error is None:
+            self.release.wait()
 
 
-def _abandon(ray: Any, thread: threading.Thread) -> None:
+def _abandon(ray: Any, init: _RayInit) -> None:
     """Ray's exit hook would wait for the half-made connection the thread still holds: drop it
     (the process is about to end; a local Ray's reaper stops what it started)."""
-    if thread.is_alive():
+    if not init.done.is_set():
         atexit.unregister(ray.shutdown)
 
 
@@ -366,11 +395,12 @@ class _RayRun(_Run):
         loaded = sys.modules.get("ray")  # importing Ray takes seconds: not before the address answers
         if loaded is None or not loaded.is_initialized():
             address = self.config.ray or None
-            init_ray_within(address, self.config.ray_timeout, own_console=_owns_console())
+            release = init_ray_within(address, self.config.ray_timeout, own_console=_owns_console())
+            self.stack.callback(release.set)
             import ray
             import ray.data  # noqa: F401 - sets up its own console logging on import
 
-            self.stack.callback(ray.shutdown)
+            self.stack.callback(ray.shutdown)  # first (callbacks run last in, first out)
             route_ray_logs()  # also the loggers Ray made while connecting
             started_here = not address and not os.environ.get("RAY_ADDRESS")
         import ray

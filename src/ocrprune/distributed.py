@@ -88,7 +88,7 @@ class _RayLogForwarder(logging.Handler):
             return
         copy = logging.makeLogRecord(record.__dict__)
         copy.msg, copy.args = f"ray: {message}", None
-        copy.fields = {"logger": record.name}
+        setattr(copy, "fields", {"logger": record.name})  # a field of its own in JSON lines
         log.handle(copy)
 
 
@@ -104,6 +104,10 @@ def _console_is_json() -> bool:
     return _owns_console() and any(isinstance(h.formatter, JsonFormatter) for h in log.handlers)
 
 
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+
+
 def route_ray_logs() -> bool:
     """Send Ray's Python loggers through ocrprune's handlers when ocrprune owns the console (the
     CLI set up its handlers and does not propagate); a library caller's logging is left alone.
@@ -114,7 +118,7 @@ def route_ray_logs() -> bool:
     names = ["ray"] + sorted(n for n in logging.Logger.manager.loggerDict if n.startswith("ray."))
     for name in names:
         logger = logging.getLogger(name)
-        consoles = [h for h in logger.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        consoles = [h for h in logger.handlers if _is_console(h)]
         if name != "ray" and logger.propagate and not consoles:
             continue  # reaches "ray"'s forwarder
         for handler in consoles + [h for h in logger.handlers if isinstance(h, _RayLogForwarder)]:
@@ -172,8 +176,8 @@ def init_ray_within(address: str | None, timeout: float, *, own_console: bool) -
     set it after `ray.shutdown()`.
 
     Why a thread: while `ray.init` waits for the cluster it sits in Ray's C++ code, where
-    Python runs no signal handler (SIGTERM took 20 s and more to act on) and no deadline can
-    be set in all (GCS, Ray Client, a stale `auto`): the main thread waits for it instead. Off the
+    Python runs no signal handler (SIGTERM took 20 s and more to act on), and Ray has no one
+    deadline for all its waits (GCS, Ray Client, a stale `auto`): the main thread waits instead. Off the
     main thread Ray also cannot replace ocrprune's SIGTERM handler with its own (which exited 15).
     A plain TCP probe first makes the common mistakes (nothing listening, a wrong host) quick
     and clear, and keeps Ray's C++ retry messages off the terminal."""
@@ -197,8 +201,9 @@ def init_ray_within(address: str | None, timeout: float, *, own_console: bool) -
     init = _RayInit(ray, address, log_to_driver=not own_console)
     init.start()
     try:
-        while not init.done.wait(min(0.1, max(0.0, deadline - time.monotonic()))) and time.monotonic() < deadline:
-            pass
+        while not init.done.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                break
     except BaseException:
         _abandon(ray, init)  # interrupted: leave Ray's thread where it waits
         raise
@@ -208,7 +213,9 @@ def init_ray_within(address: str | None, timeout: float, *, own_console: bool) -
                 os.environ.pop(key, None)
     if not init.done.is_set():
         _abandon(ray, init)
-        reason = f"{endpoint[0]}:{endpoint[1]} accepts connections but no Ray cluster answered there" if endpoint else "no answer"
+        reason = "no answer" if where else "it did not come up"
+        if endpoint is not None:
+            reason = f"{endpoint[0]}:{endpoint[1]} accepts connections but no Ray cluster answered there"
         raise RayClusterError(f"{what} within {timeout:g} s: {reason}")
     if init.error is not None:
         raise RayClusterError(f"{what}: {_one_line(init.error)}")

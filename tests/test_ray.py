@@ -170,7 +170,7 @@ def test_ray_missing_is_one_line_and_exit_5(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["convert", str(doc), "--out", str(tmp_path / "out"), *TINY, "--ray"])
     assert result.exit_code == 5
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines == ["ocrprune: --ray needs Ray, which is not installed: pip install 'ocrprune[ray]' (ray[data] 2.60)"]
+    assert lines == ["ocrprune: --ray needs Ray, which is not installed: pip install 'ocrprune[ray]' (ray[data,client] 2.60)"]
     assert not (tmp_path / "out").exists()
 
 
@@ -198,6 +198,213 @@ def test_ray_usage_errors_exit_2(args, message):
     result = CliRunner().invoke(app, ["convert", "a.pdf", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+# ---- reaching the cluster: bounded, interruptible, before --out (#15) --------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class SilentListener:
+    """A TCP port that accepts connections and never says a word (a port that is not Ray's)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted: list[object] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                self.accepted.append(self.server.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.accepted:
+            conn.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture()
+def silent_port():
+    listener = SilentListener()
+    yield listener
+    listener.close()
+
+
+def convert_command(tmp_path: Path, *args: str) -> list[str]:
+    png = tmp_path / "a.png"
+    if not png.exists():
+        from PIL import Image
+
+        Image.new("RGB", (64, 64), "white").save(png)
+    return [sys.executable, "-m", "ocrprune", "convert", str(png), "--out", str(tmp_path / "out"), *TINY, *args]
+
+
+def cli_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_address_where_nothing_listens_fails_after_the_timeout_in_one_line_and_never_creates_out(tmp_path, scheme):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'ocrprune[ray]')")
+    address = f"{scheme}127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = subprocess.run(convert_command(tmp_path, f"--ray={address}", "--ray-timeout", "2"), env=cli_env(),
+                          capture_output=True, text=True, timeout=120, check=False)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.splitlines() == [f"ocrprune: cannot reach the Ray cluster at {address} within 2 s: Connection refused"]
+    assert done.stdout == ""
+    assert 2.0 <= elapsed < 30.0  # the bound, not Ray's own 20 retries of 40 s (or "requires ray[client]")
+    assert not (tmp_path / "out").exists()  # never created, never locked
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_a_port_that_is_not_ray_times_out_with_exit_5_and_every_stderr_line_json(tmp_path, silent_port, scheme):
+    """Ray's own waits there print "Failed to connect to GCS ... within 5 seconds" from C++ after
+    5 s: with a 6 s bound ocrprune's one JSON line must be all of stderr."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'ocrprune[ray]')")
+    address = f"{scheme}127.0.0.1:{silent_port.port}"
+    done = subprocess.run(convert_command(tmp_path, f"--ray={address}", "--ray-timeout", "6", "--log-format", "json"),
+                          env=cli_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 5, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # every line one JSON object
+    assert [(line["level"], line["message"]) for line in lines] == [
+        ("error", f"cannot reach the Ray cluster at {address} within 6 s: "
+                  f"127.0.0.1:{silent_port.port} accepts connections but no Ray cluster answered there")]
+    assert silent_port.accepted  # it was asked
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_connecting_stops_the_run_at_once_with_128_plus_the_signal(tmp_path, silent_port, signum, code):
+    """A signal while `ray.init` waits in Ray's C++ code for a port that never answers ends the
+    run within seconds, with the interrupted line and no traceback, and `--out` untouched (it took
+    20 s or more, and exit 15). The listener's first connection is ocrprune's probe, so the run has
+    its signal handlers by then; a few seconds more and it is past `import ray`, inside `ray.init`."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'ocrprune[ray]')")
+    driver = subprocess.Popen(convert_command(tmp_path, f"--ray=127.0.0.1:{silent_port.port}", "--ray-timeout", "300"),
+                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not silent_port.accepted and time.monotonic() < deadline:
+        assert driver.poll() is None
+        time.sleep(0.1)
+    time.sleep(4.0)
+    assert driver.poll() is None
+    driver.send_signal(signum)
+    sent = time.monotonic()
+    stdout, stderr = driver.communicate(timeout=120)
+    assert time.monotonic() - sent < 8.0  # about 1 s on an idle machine
+    assert driver.returncode == code, stderr
+    name = signal.Signals(signum).name
+    assert stderr.splitlines()[0] == f"ocrprune: interrupted ({name}): finished documents and pages are kept; re-run to convert the rest"
+    assert "Traceback" not in stderr and stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("args", "env", "seconds"),
+                         [([], {}, 30.0), (["--ray-timeout", "2.5"], {}, 2.5), ([], {"OCRPRUNE_RAY_TIMEOUT": "7"}, 7.0)])
+def test_the_ray_timeout_is_30_s_unless_the_option_or_the_environment_says(args, env, seconds, monkeypatch):
+    from ocrprune import cli
+
+    seen: list[RunConfig] = []
+    monkeypatch.setattr(cli, "_run_convert", lambda config, quiet, fmt: seen.append(config) or 0)
+    monkeypatch.delenv("OCRPRUNE_RAY_TIMEOUT", raising=False)
+    result = CliRunner().invoke(app, ["convert", "a.pdf", *args, "--ray=10.0.0.5:6379"], env=env)
+    assert result.exit_code == 0, result.output
+    assert seen[0].ray_timeout == seconds
+    assert CliRunner().invoke(app, ["convert", "a.pdf", "--ray-timeout", "0", "--ray"]).exit_code == 2
+
+
+def test_ray_client_addresses_need_ray_client_which_the_extra_installs(tmp_path, monkeypatch):
+    import tomllib
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
+    assert extra == ["ray[data,client]==2.60.*"]
+    monkeypatch.setitem(sys.modules, "grpc", None)  # Ray without Ray Client
+    doc = make_pdf(tmp_path / "a.pdf")
+    result = CliRunner().invoke(app, ["convert", str(doc), "--out", str(tmp_path / "out"), *TINY, "--ray=ray://head:10001"])
+    assert result.exit_code == 5
+    assert [line for line in result.output.splitlines() if line.strip()] == [
+        "ocrprune: --ray ray://head:10001 needs Ray Client, which is not installed: "
+        "pip install 'ocrprune[ray]' (ray[data,client] 2.60)"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("address", "environ", "endpoint"),
+    [("10.0.0.5:6379", None, ("10.0.0.5", 6379)), ("ray://head", None, ("head", 10001)),
+     ("ray://head:10002", None, ("head", 10002)), ("[::1]:6380", None, ("::1", 6380)), ("auto", None, None),
+     (None, None, None), (None, "h:7000", ("h", 7000)), ("auto", "ray://h:7001", ("h", 7001))],
+)
+def test_the_probe_dials_what_ray_init_will_dial(address, environ, endpoint, monkeypatch):
+    from ocrprune.distributed import ray_endpoint
+
+    if environ is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", environ)
+    assert ray_endpoint(address) == endpoint
+
+
+def test_rays_python_log_records_come_out_as_ocrprune_lines(monkeypatch):
+    """With `--log-format json`, a record of any Ray logger (Ray Data sets up its own console
+    handler) is one ocrprune JSON line; Ray's INFO chatter and its off-main-thread warning are not."""
+    import io
+    import logging
+
+    from ocrprune.console import setup_logging
+    from ocrprune.distributed import route_ray_logs
+
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate, logging.getLogger(name).level)
+             for name in ("ocrprune", "ray", "ray.data")}
+    ray_data_console = io.StringIO()
+    logging.getLogger("ray.data").handlers[:] = [logging.StreamHandler(ray_data_console)]
+    logging.getLogger("ray.data").propagate = False
+    stream = io.StringIO()
+    try:
+        setup_logging(0, "json", stream=stream)
+        assert route_ray_logs()
+        logging.getLogger("ray.data._internal.execution").warning("slow %s", "task")
+        logging.getLogger("ray").setLevel(logging.DEBUG)
+        logging.getLogger("ray._private.worker").info("Connecting to existing Ray cluster")
+        logging.getLogger("ray._private.worker").warning(
+            "SIGTERM handler is not set because current thread is not the main thread.")
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [{k: v for k, v in line.items() if k != "time"} for line in lines] == [
+            {"level": "warning", "message": "ray: slow task", "logger": "ray.data._internal.execution"}]
+        assert ray_data_console.getvalue() == ""
+    finally:
+        for name, (handlers, propagate, level) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:], logger.propagate = handlers, propagate
+            logger.setLevel(level)
+
+
+def test_a_library_callers_logging_of_ray_is_left_alone(monkeypatch):
+    import logging
+
+    from ocrprune.distributed import route_ray_logs
+
+    owner = logging.getLogger("ocrprune")
+    monkeypatch.setattr(owner, "handlers", [])
+    monkeypatch.setattr(owner, "propagate", True)
+    before = logging.getLogger("ray").handlers[:]
+    assert not route_ray_logs()
+    assert logging.getLogger("ray").handlers == before
 
 
 def test_a_worker_never_raises_for_a_document(tmp_path):
@@ -369,3 +576,21 @@ def test_a_driver_killed_with_sigkill_then_rerun_converts_only_what_is_missing(t
     third = subprocess.run(command, env=env, capture_output=True, timeout=300, check=False)
     assert third.returncode == 3
     assert json.loads((out / "report.json").read_text())["documents"]["skipped"] == 8
+
+
+@pytest.mark.slow
+def test_a_ray_run_with_json_logs_writes_one_json_object_per_stderr_line(tmp_path, ray_cluster):
+    """Ray's Python loggers, Ray Data's and the driver's C++ core worker (which prints an error
+    line about the actor pool's constructor arguments) all come out as JSON lines."""
+    folder = tmp_path / "in"
+    for d in (1, 2):
+        make_pdf(folder / f"d{d}.pdf", pages=1, text=f"document {d}")
+    command = [sys.executable, "-m", "ocrprune", "convert", str(folder), "--out", str(tmp_path / "out"), "--base",
+               str(tmp_path), *TINY, "--gpus", "2", "--log-format", "json", f"--ray={ray_cluster}"]
+    done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 3, done.stderr[-2000:]  # tiny-random: every page stops at the cap
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # every line one JSON object
+    assert lines[-1]["event"] == "summary"
+    assert [line["message"] for line in lines if line["message"].startswith("ray: 2/2 documents done")]
+    assert sorted(p.name for p in (tmp_path / "out" / "in").iterdir()) == [
+        ".ocrprune", "d1.pdf.json", "d1.pdf.md", "d2.pdf.json", "d2.pdf.md"]

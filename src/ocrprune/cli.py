@@ -24,6 +24,7 @@ from typer.core import TyperCommand
 from . import __version__
 from .config import (
     DEFAULT_MODEL,
+    DEFAULT_RAY_TIMEOUT,
     DEFAULT_RENDER_TIMEOUT,
     PROMPTS,
     DeviceName,
@@ -518,6 +519,17 @@ def convert(
         Optional[int],
         typer.Option(min=1, help="With --ray: how many GPU workers (default: the cluster's GPUs)."),
     ] = None,
+    ray_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            metavar="SECONDS",
+            envvar="OCRPRUNE_RAY_TIMEOUT",
+            show_envvar=True,
+            help="With --ray: give up reaching (or starting) the cluster after this long, exit 5, "
+            "before --out is created or locked.",
+        ),
+    ] = DEFAULT_RAY_TIMEOUT,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -568,6 +580,7 @@ def convert(
         engine=engine,
         ray=ray_address,
         gpus=gpus,
+        ray_timeout=ray_timeout,
     )
     raise typer.Exit(_run_convert(config, quiet, log_format))
 

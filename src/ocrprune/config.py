@@ -25,6 +25,7 @@ DtypeName = Literal["auto", "bf16", "fp32"]
 PruneMethod = Literal["rtprune", "norm", "random"]
 RendererName = Literal["mupdf", "pdfium"]
 DEFAULT_RENDER_TIMEOUT = 60.0
+DEFAULT_RAY_TIMEOUT = 30.0  # seconds `--ray` may take to reach the cluster
 
 MODES: dict[str, ModeSpec] = dict(DEEPSEEK_OCR_V1.modes)
 PROMPTS: dict[str, str] = dict(DEEPSEEK_OCR_V1.prompts)
@@ -163,6 +164,9 @@ class RunConfig:
     # `auto`, `HOST:PORT` or `ray://HOST:PORT` to join a cluster; None: convert in this process.
     ray: str | None = None
     gpus: int | None = None  # Ray workers (one GPU each); None: as many as the cluster has
+    # Seconds `--ray` may take to reach (or start) the cluster before the run fails with exit 5,
+    # before `--out` is created or locked.
+    ray_timeout: float = DEFAULT_RAY_TIMEOUT
 
     def __post_init__(self) -> None:
         bad = set(self.formats) - {"md", "json"}
@@ -174,5 +178,7 @@ class RunConfig:
             raise ValueError(f"unknown engine {self.engine!r}; use hf or vllm")
         if self.gpus is not None and self.gpus < 1:
             raise ValueError("gpus must be at least 1")
+        if not self.ray_timeout > 0:
+            raise ValueError("ray_timeout must be more than 0 seconds")
         if self.ray is not None and self.stdout:
             raise ValueError("--ray writes files into --out; it cannot write to --stdout")

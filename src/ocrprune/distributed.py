@@ -16,12 +16,16 @@ Ray is imported only here, and only for `--ray` (`ocrprune --help` imports neith
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib.util
 import json
 import logging
 import os
 import pickle
+import socket
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ocrprune")
 
-RAY_HINT = "pip install 'ocrprune[ray]' (ray[data] 2.60)"
+RAY_HINT = "pip install 'ocrprune[ray]' (ray[data,client] 2.60)"
 # The columns of a worker's status row (one row per document).
 ROW_COLUMNS = ("index", "result", "logs", "worker", "node", "pid", "cuda", "seconds", "run_info", "peak_gpu_mb", "fatal")
 EngineFactory = Callable[[], "tuple[PageEngine, RunInfo, int]"]
@@ -50,10 +54,216 @@ class RayClusterError(DependencyError):
     """The Ray cluster named by `--ray` cannot be reached or started (exit 5, environment)."""
 
 
-def require_ray() -> None:
-    """Fail at once, in one line, when `--ray` is given without Ray installed (exit 5)."""
+def require_ray(address: str | None = None) -> None:
+    """Fail at once, in one line, when `--ray` is given without Ray installed (exit 5), or
+    `--ray ray://...` without Ray Client (grpcio), before `--out` is touched."""
     if importlib.util.find_spec("ray") is None:
         raise DependencyError(f"--ray needs Ray, which is not installed: {RAY_HINT}")
+    if (address or "").startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise DependencyError(f"--ray {address} needs Ray Client, which is not installed: {RAY_HINT}")
+
+
+# ---- joining the cluster: bounded, interruptible, quiet -------------------------------------------
+
+# Ray's warnings about what ocrprune does on purpose: `ray.init` off the main thread, and Ray
+# Data's progress bars off (ocrprune shows its own progress).
+_ON_PURPOSE = (
+    "SIGTERM handler is not set because current thread is not the main thread",
+    "Progress bars disabled. To enable",
+)
+RAY_GCS_PORT, RAY_CLIENT_PORT = 6379, 10001
+
+
+class _RayLogForwarder(logging.Handler):
+    """Hands the records of Ray's Python loggers ("ray", "ray.data", ...) in this process to
+    ocrprune's own handlers, so they come out as ocrprune lines (one JSON object each with
+    `--log-format json`, above the progress bar otherwise), never in Ray's own format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad log call in Ray must not stop the run
+            message = str(record.msg)
+        if message.startswith(_ON_PURPOSE):
+            return
+        copy = logging.makeLogRecord(record.__dict__)
+        copy.msg, copy.args = f"ray: {message}", None
+        setattr(copy, "fields", {"logger": record.name})  # a field of its own in JSON lines
+        log.handle(copy)
+
+
+def _owns_console() -> bool:
+    """The CLI set up ocrprune's handlers (and does not propagate): it owns stderr."""
+    return bool(log.handlers) and not log.propagate
+
+
+def _console_is_json() -> bool:
+    """`--log-format json`: every stderr line must be one JSON object."""
+    from .console import JsonFormatter  # stdlib and rich only; the CLI has loaded it already
+
+    return _owns_console() and any(isinstance(h.formatter, JsonFormatter) for h in log.handlers)
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+
+
+def route_ray_logs() -> bool:
+    """Send Ray's Python loggers through ocrprune's handlers when ocrprune owns the console (the
+    CLI set up its handlers and does not propagate); a library caller's logging is left alone.
+    Ray's file handlers (its session logs) stay. Returns whether the logs are routed."""
+    if not _owns_console():
+        return False
+    forwarder = _RayLogForwarder(logging.WARNING if log.getEffectiveLevel() >= logging.INFO else logging.INFO)
+    names = ["ray"] + sorted(n for n in logging.Logger.manager.loggerDict if n.startswith("ray."))
+    for name in names:
+        logger = logging.getLogger(name)
+        consoles = [h for h in logger.handlers if _is_console(h)]
+        if name != "ray" and logger.propagate and not consoles:
+            continue  # reaches "ray"'s forwarder
+        for handler in consoles + [h for h in logger.handlers if isinstance(h, _RayLogForwarder)]:
+            logger.removeHandler(handler)
+        logger.addHandler(forwarder)
+        logger.propagate = False
+    return True
+
+
+def ray_endpoint(address: str | None) -> tuple[str, int] | None:
+    """The host and TCP port `ray.init(address)` will dial (the GCS, or the Ray Client server for
+    ray://), or None when Ray finds or starts the cluster itself (`auto`, a local instance)."""
+    if not address or address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or None  # as ray.init does
+    if not address or address in ("auto", "local"):
+        return None
+    default = RAY_GCS_PORT
+    if address.startswith("ray://"):
+        address, default = address[len("ray://"):].split("/", 1)[0], RAY_CLIENT_PORT
+    host, colon, port = address.rpartition(":")
+    if not colon or "]" in port:  # no port, or a bare IPv6 address in brackets
+        host, port = address, str(default)
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        return None
+
+
+def _wait_for_port(endpoint: tuple[str, int], deadline: float) -> str | None:
+    """Try a TCP connection until `deadline` (a cluster may still be starting): None once the port
+    accepts one, else why not. Sleeps and connects in Python, so a signal stops it at once."""
+    reason = "no answer"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return reason
+        try:
+            with socket.create_connection(endpoint, timeout=min(remaining, 2.0)):
+                return None
+        except socket.gaierror as exc:
+            return f"cannot resolve {endpoint[0]!r}: {exc.strerror or exc}"  # waiting will not help
+        except OSError as exc:
+            reason = (exc.strerror or str(exc) or type(exc).__name__).split("\n")[0]
+        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = escape_name(str(exc)).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def init_ray_within(address: str | None, timeout: float, *, own_console: bool) -> threading.Event:
+    """`ray.init(address)` that gives up after `timeout` seconds with one `RayClusterError` line
+    (exit 5), and that a signal interrupts at once. Returns the event that lets Ray's thread end:
+    set it after `ray.shutdown()`.
+
+    Why a thread: while `ray.init` waits for the cluster it sits in Ray's C++ code, where
+    Python runs no signal handler (SIGTERM took 20 s and more to act on), and Ray has no one
+    deadline for all its waits (GCS, Ray Client, a stale `auto`): the main thread waits instead. Off the
+    main thread Ray also cannot replace ocrprune's SIGTERM handler with its own (which exited 15).
+    A plain TCP probe first makes the common mistakes (nothing listening, a wrong host) quick
+    and clear, and keeps Ray's C++ retry messages off the terminal."""
+    started = time.monotonic()
+    deadline = started + timeout
+    where = address or os.environ.get("RAY_ADDRESS") or ""
+    what = f"cannot reach the Ray cluster at {where}" if where else "cannot start a local Ray instance"
+    endpoint = ray_endpoint(address)
+    if endpoint is not None:
+        reason = _wait_for_port(endpoint, deadline)
+        if reason is not None:
+            within = f" within {timeout:g} s" if time.monotonic() >= deadline else ""
+            raise RayClusterError(f"{what}{within}: {reason}")
+    env = _quiet_waits(timeout) if own_console and where else {}
+    if _console_is_json() and "RAY_BACKEND_LOG_JSON" not in os.environ:
+        env["RAY_BACKEND_LOG_JSON"] = "1"  # the driver's C++ core worker prints errors on stderr
+    os.environ.update(env)
+    import ray  # seconds on a busy machine: only once something answers
+
+    route_ray_logs()
+    init = _RayInit(ray, address, log_to_driver=not own_console)
+    init.start()
+    try:
+        while not init.done.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                break
+    except BaseException:
+        _abandon(ray, init)  # interrupted: leave Ray's thread where it waits
+        raise
+    finally:
+        if init.done.is_set():  # an abandoned connection may still log: keep it quiet
+            for key in env:
+                os.environ.pop(key, None)
+    if not init.done.is_set():
+        _abandon(ray, init)
+        reason = "no answer" if where else "it did not come up"
+        if endpoint is not None:
+            reason = f"{endpoint[0]}:{endpoint[1]} accepts connections but no Ray cluster answered there"
+        raise RayClusterError(f"{what} within {timeout:g} s: {reason}")
+    if init.error is not None:
+        raise RayClusterError(f"{what}: {_one_line(init.error)}")
+    log.debug("ray: connected in %.1f s", time.monotonic() - started)
+    return init.release
+
+
+def _quiet_waits(timeout: float) -> dict[str, str]:
+    """Ray's C++ GCS client prints "Failed to connect to GCS ... within 5 seconds" (and more)
+    on stderr whenever one of its waits runs out, before Ray's logging is set up (so
+    RAY_BACKEND_LOG_LEVEL does not reach it). With its waits longer than ocrprune's own deadline
+    it never gets to say it: ocrprune says it, once, in its own format. Ray reads these when its
+    C++ config is first built, in the connecting thread; settings the user made are kept."""
+    wait = str(int(timeout) + 60)
+    names = ("RAY_gcs_rpc_server_connect_timeout_s", "RAY_py_gcs_connect_timeout_s")
+    return {name: wait for name in names if name not in os.environ}
+
+
+class _RayInit(threading.Thread):
+    """Calls `ray.init`, then stays alive until released. It must: Ray starts a local instance's
+    GCS and raylet with PR_SET_PDEATHSIG, which Linux fires when the *thread* that started them
+    ends, not the process (they died a second after `ray.init` returned)."""
+
+    def __init__(self, ray: Any, address: str | None, *, log_to_driver: bool) -> None:
+        super().__init__(name="ocrprune-ray", daemon=True)
+        self.ray, self.address, self.log_to_driver = ray, address, log_to_driver
+        self.done, self.release = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            level = logging.WARNING if log.getEffectiveLevel() >= logging.INFO else logging.INFO
+            # log_to_driver=False (ocrprune's console): workers' own stdout/stderr stay in Ray's
+            # session logs (what a worker has to say comes back in its status rows).
+            self.ray.init(address=self.address, logging_level=level, log_to_driver=self.log_to_driver)
+        except BaseException as exc:  # noqa: BLE001 - reported by the waiting thread, in one line
+            self.error = exc
+        finally:
+            self.done.set()
+        if self.error is None:
+            self.release.wait()
+
+
+def _abandon(ray: Any, init: _RayInit) -> None:
+    """Ray's exit hook would wait for the half-made connection the thread still holds: drop it
+    (the process is about to end; a local Ray's reaper stops what it started)."""
+    if not init.done.is_set():
+        atexit.unregister(ray.shutdown)
 
 
 # ---- status rows: what crosses from a worker to the driver -------------------------------------
@@ -188,18 +398,20 @@ class _RayRun(_Run):
         """Start or join Ray (once) and decide the pool: one actor per GPU."""
         if self.connected:
             return
+        started_here = False
+        loaded = sys.modules.get("ray")  # importing Ray takes seconds: not before the address answers
+        if loaded is None or not loaded.is_initialized():
+            address = self.config.ray or None
+            release = init_ray_within(address, self.config.ray_timeout, own_console=_owns_console())
+            self.stack.callback(release.set)
+            import ray
+            import ray.data  # noqa: F401 - sets up its own console logging on import
+
+            self.stack.callback(ray.shutdown)  # first (callbacks run last in, first out)
+            route_ray_logs()  # also the loggers Ray made while connecting
+            started_here = not address and not os.environ.get("RAY_ADDRESS")
         import ray
 
-        started_here = False
-        if not ray.is_initialized():
-            address = self.config.ray or None
-            try:
-                ray.init(address=address, logging_level=logging.WARNING)
-            except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError...
-                where = address or "a local Ray instance"
-                raise RayClusterError(f"cannot start or join Ray at {where}: {type(exc).__name__}: {exc}") from None
-            self.stack.callback(ray.shutdown)
-            started_here = not address and not os.environ.get("RAY_ADDRESS")
         self.connected = True
         cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
         if self.config.gpus is not None:
@@ -214,6 +426,11 @@ class _RayRun(_Run):
         else:
             self.actors, self.gpus_per_actor = 1, 0
             log.warning("the Ray cluster has no GPUs: converting with one CPU worker (--gpus N asks for N GPU workers)")
+
+    def _before_output(self) -> None:
+        """Join the cluster before `--out` is prepared and locked: a wrong address or a cluster
+        that does not answer fails (exit 5) without having created or locked anything."""
+        self._connect()
 
     def _resolve_dtype(self) -> str:
         """As the workers will resolve it (they hold the GPUs, the driver may not): no torch here."""
@@ -336,8 +553,11 @@ def run_on_ray(
 ) -> RunOutcome:
     """`pipeline.run` on Ray: the same outputs, report and exit code as a local run.
     `engine_factory` (picklable) is called once in each worker instead of loading the model."""
-    require_ray()
+    require_ray(config.ray)
     return _RayRun(config, progress, engine_factory).execute(stdin)
 
 
-__all__ = ["DocWorker", "RayClusterError", "require_ray", "result_from_record", "result_to_record", "run_on_ray"]
+__all__ = [
+    "DocWorker", "RayClusterError", "init_ray_within", "ray_endpoint", "require_ray", "result_from_record",
+    "result_to_record", "route_ray_logs", "run_on_ray",
+]

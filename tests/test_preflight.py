@@ -238,10 +238,12 @@ def test_the_torch_build_is_read_without_importing_torch():
 
 
 def test_vllm_is_looked_up_without_importing_it(monkeypatch):
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    looked_up = []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: looked_up.append(name))
     with pytest.raises(DependencyError, match=r"pip install 'ocrprune\[vllm\]'"):
-        preflight.check_engine("vllm", "deepseek-ai/DeepSeek-OCR")
-    preflight.check_engine("hf", "deepseek-ai/DeepSeek-OCR")
+        preflight.check_engine("vllm")
+    preflight.check_engine("hf")
+    assert looked_up == ["vllm"] and "vllm" not in sys.modules
 
 
 def test_on_ray_the_workers_check_the_environment(tmp_path):

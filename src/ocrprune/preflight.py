@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .config import TINY_RANDOM
-from .errors import DependencyError, DeviceError, ModelLoadError, OutputError, UsageError
+from .errors import DependencyError, DeviceError, ModelLoadError, OutputError
 from .names import escape_name
 
 VLLM_HINT = "pip install 'ocrprune[vllm]'"
@@ -94,16 +94,16 @@ def check_device(device: str) -> None:
         )
 
 
-def check_engine(engine: str, model: str) -> None:
-    """`--engine vllm` needs vLLM installed (DependencyError, exit 5) and a real model (exit 2)."""
-    if engine != "vllm":
-        return
-    if importlib.util.find_spec("vllm") is None:
+def vllm_installed() -> bool:
+    """Whether `import vllm` would find the package (looked up, not imported: that takes seconds)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def check_engine(engine: str) -> None:
+    """`--engine vllm` needs vLLM installed: DependencyError (exit 5) with the install command.
+    (Its other needs, CUDA and a real model, are checked when the engine opens.)"""
+    if engine == "vllm" and not vllm_installed():
         raise DependencyError(f"--engine vllm needs vLLM, which is not installed: {VLLM_HINT}")
-    if model == TINY_RANDOM:
-        raise UsageError(
-            "--engine vllm needs a model folder or hub id; tiny-random exists only in memory"
-        )
 
 
 def looks_like_path(model: str) -> bool:
@@ -159,6 +159,6 @@ def check_run(
         check_out_folder(out)
     if on_ray:
         return
-    check_engine(engine, model)
+    check_engine(engine)
     check_device(device)
     check_model(model)

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from ocrprune.backend import Backend, BackendBase, PageOutput
 from ocrprune.batching import BatchFailure, run_split
+from ocrprune import preflight
 from ocrprune.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,6 +161,8 @@ def fake_vllm(monkeypatch, tiny_loaded):
         return vllm_engine.VllmEngine(hf, llm, FakeSampling, config=config, batch_hint=2)
 
     monkeypatch.setattr(vllm_engine, "open_vllm_backend", open_fake)
+    # The fake stands in for an installed vLLM, for the CLI's cheap check as well.
+    monkeypatch.setattr(preflight, "vllm_installed", lambda: True)
     return llms
 
 

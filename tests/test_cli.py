@@ -131,6 +131,38 @@ def test_list_file_and_stdin_inputs(docs, tmp_path):
     assert [p.name for p in out.rglob("*.md")] == ["scan.png.md"]
 
 
+def test_list_file_and_stdin_with_a_bom_and_crlf_convert_every_listed_input(docs, tmp_path):
+    listing = tmp_path / "todo.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + f"{docs / 'scan.png'}\r\n{docs / 'b' / 'report.pdf'}\r\n".encode())
+    out = tmp_path / "out1"
+    result = convert(f"@{listing}", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.rglob("*.md")) == ["report.pdf.md", "scan.png.md"]
+    out = tmp_path / "out2"
+    result = convert("-", "--out", str(out), input=f"\ufeff{docs / 'scan.png'}\r\n{docs / 'b' / 'report.pdf'}\r\n")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.rglob("*.md")) == ["report.pdf.md", "scan.png.md"]
+
+
+def test_json_lines_keep_is_an_object_on_page_and_document_error_lines(docs, tmp_path):
+    """Every field a page line and a document_error line share has one JSON type (#15 item 13)."""
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4\n" + b"\x00garbage" * 50)
+    done = run_stdout([str(docs / "b" / "report.pdf"), str(tmp_path / "broken.pdf"), "--stdout"])
+    assert done.returncode == 3, done.stderr
+    records = {r["status"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert sorted(records) == ["document_error", "ok"]
+    page, failed = records["ok"], records["document_error"]
+    assert (page["page"], failed["page"]) == (1, None)
+    assert failed["keep"] == {"setting": "auto", "ratio": 0.0, "method": "rtprune", "r_txt": None, "r_sim": None}
+    assert set(page["keep"]) == set(failed["keep"])
+    nullable = {"page", "error", "error_kind"}  # int or null; text or null; text or null
+    shared = (set(page) & set(failed)) - nullable
+    assert len(shared) >= 15
+    assert {k: type(failed[k]) for k in shared} == {k: type(page[k]) for k in shared}
+    assert (page["error"], page["error_kind"]) == (None, None)
+    assert isinstance(failed["error"], str) and failed["error_kind"] == "corrupt"
+
+
 def test_page_ranges_select_pages(tmp_path):
     make_pdf(tmp_path / "long.pdf", pages=8)
     out = tmp_path / "out"
@@ -288,8 +320,9 @@ def test_readme_commands_are_the_ones_ci_runs():
 def test_help_documents_the_exit_codes():
     result = CliRunner().invoke(app, ["convert", "--help"])
     assert result.exit_code == 0
-    for line in ("0    every page converted", "2    usage error", "3    finished, but some", "4    nothing succeeded",
-                 "5    environment", "6    the output folder is not writable", "130  interrupted"):
+    for line in ("0    every page of every document is ok", "2    usage error", "3    finished, but some",
+                 "4    no page produced any output", "5    environment", "6    the output folder is not writable",
+                 "75   another ocrprune run", "130, 143, 129  interrupted"):
         assert line in result.output
 
 

@@ -122,6 +122,30 @@ def test_list_file_paths_are_relative_to_the_list_and_skip_comments(tree: Path) 
     assert [d.path for d in docs] == [tree / "docs/a.pdf", tree / "docs/sub/c.png"]
 
 
+def test_list_files_with_a_bom_and_crlf_line_ends_read_as_intended(tree: Path) -> None:
+    """Notepad and PowerShell write lists like this (#15 item 13)."""
+    (tree / "docs" / "list.txt").write_bytes(b"\xef\xbb\xbfa.pdf\r\n# note\r\n\r\nsub/c.png\r\n")
+    (tree / "docs" / "bom-comment.txt").write_bytes(b"\xef\xbb\xbf# first line a comment\r\nB.PDF\r\n")
+    docs, errors = expand_inputs(["@docs/list.txt", "@docs/bom-comment.txt"])
+    assert errors == []
+    assert [d.display for d in docs] == ["docs/a.pdf", "docs/sub/c.png", "docs/B.PDF"]
+
+
+@pytest.mark.parametrize("stream", [io.BytesIO, lambda data: io.StringIO(data.decode("utf-8"))])
+def test_stdin_lists_with_a_bom_and_crlf_line_ends_read_as_intended(tree: Path, stream) -> None:
+    docs, errors = expand_inputs(["-"], stdin=stream(b"\xef\xbb\xbfdocs/a.pdf\r\ndocs/sub/c.png\r\n"))
+    assert errors == []
+    assert [d.display for d in docs] == ["docs/a.pdf", "docs/sub/c.png"]
+
+
+def test_a_bom_inside_a_nul_list_or_mid_line_list_is_kept(tree: Path) -> None:
+    """Only a leading mark in a line list is dropped: NUL lists are taken as they are."""
+    _, errors = expand_inputs(["-"], stdin=io.BytesIO(b"\xef\xbb\xbfdocs/a.pdf\x00"), null=True)
+    assert kinds(errors) == [("\ufeffdocs/a.pdf", "missing")]
+    _, errors = expand_inputs(["-"], stdin=io.BytesIO(b"docs/a.pdf\n\xef\xbb\xbfdocs/B.PDF\n"))
+    assert kinds(errors) == [("\ufeffdocs/B.PDF", "missing")]
+
+
 def test_missing_list_file_is_reported(tree: Path) -> None:
     docs, errors = expand_inputs(["@nope.txt", "docs/a.pdf"])
     assert rels(docs) == ["docs/a.pdf"]

@@ -14,12 +14,13 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+import textwrap
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Literal, Optional, TextIO, TypeVar
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .config import (
@@ -41,23 +42,31 @@ from .config import (
     resolve_prompt,
 )
 from .console import ProgressView, errors_logged, setup_logging
-from .errors import ExitCode, OcrpruneError
+from .errors import EXIT_CODE_TABLE, ExitCode, OcrpruneError
 
 LogFormat = Literal["text", "json"]
 PASSWORD_ENV = "OCRPRUNE_PASSWORD"
 RAY_LOCAL = "local"  # what `--ray` given without an address stands for
 
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0    every page converted
-  1    internal error (a bug; run with -v for the traceback)
-  2    usage error (bad flag or value)
-  3    finished, but some inputs or pages failed (the rest were written)
-  4    nothing succeeded (no usable input, or every document failed)
-  5    environment: the model will not load, or CUDA was asked for and is absent
-  6    the output folder is not writable
-  130  interrupted (Ctrl-C); finished documents are written
-"""
+
+
+def exit_codes_help(width: int = 76) -> str:
+    """`--help`'s exit-code table, from `EXIT_CODE_TABLE` (the README's table is the same rows).
+    `\\b` keeps Click from re-wrapping it; meanings wrap under their own column, and a code label
+    too long for its column (`130, 143, 129`) pushes only its first line along."""
+    column = 5
+    lines = ["\b", "Exit codes:"]
+    for code, meaning in EXIT_CODE_TABLE:
+        label = f"  {code.ljust(column - 2)}  " if len(code) <= column - 2 else f"  {code}  "
+        words = meaning.replace("`", "")
+        first = textwrap.wrap(words, width - len(label))[0]
+        rest = textwrap.wrap(words[len(first):].strip(), width - column - 2)
+        lines.append(label + first)
+        lines.extend(" " * (column + 2) + line for line in rest)
+    return "\n".join(lines) + "\n"
+
+
+EXIT_CODES_HELP = exit_codes_help()
 
 CONVERT_EXAMPLES = """\b
 Examples:
@@ -80,7 +89,76 @@ Examples:
   ocrprune sweep report.pdf --pages 1-5 --threshold 0.95 --out sweep/
 """
 
+
+def _click_class(name: str) -> type[Exception]:
+    """Click's exception class `name`, as the installed Typer uses it (recent Typer vendors its
+    own copy of Click, older Typer uses `click`): found through `typer.BadParameter`'s bases."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+ClickException = _click_class("ClickException")
+ClickUsageError = _click_class("UsageError")
+
+
+def json_logs_requested(args: Sequence[str]) -> bool:
+    """Whether the command line asks for `--log-format json` (the last one given wins, as in
+    Click; nothing after `--` counts). Read before Click parses anything, so a usage error Click
+    meets before it reaches the option, or in the option's neighbours, is still reported as JSON."""
+    chosen = None
+    for position, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg.startswith("--log-format="):
+            chosen = arg.split("=", 1)[1]
+        elif arg == "--log-format" and position + 1 < len(args):
+            chosen = args[position + 1]
+    return chosen == "json"
+
+
+def report_click_error(exc: Exception) -> None:
+    """A Click/Typer error (bad flag, bad value, missing input) as one JSON log record on stderr,
+    with the same fields as every other `--log-format json` line, instead of Click's usage text."""
+    setup_logging(0, "json")
+    context = getattr(exc, "ctx", None)
+    fields: dict[str, object] = {"exit_code": getattr(exc, "exit_code", 2)}
+    if context is not None:
+        fields["command"] = context.command_path
+    kind = "usage" if isinstance(exc, ClickUsageError) else "error"
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    log.error("%s", message, extra={"kind": kind, "fields": fields})
+
+
+class _OcrpruneGroup(TyperGroup):
+    """The `ocrprune` group: under `--log-format json` Click's own errors are JSON lines too."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: object,
+    ) -> object:
+        argv = list(sys.argv[1:] if args is None else args)
+        run = super().main
+        if not standalone_mode or not json_logs_requested(argv):
+            return run(args, prog_name, complete_var, standalone_mode, **extra)  # type: ignore[arg-type]
+        try:
+            # Not standalone: Click raises its errors here instead of printing them, and returns
+            # the exit code of a `typer.Exit` (None when the command simply returned).
+            code = run(argv, prog_name, complete_var, False, **extra)  # type: ignore[arg-type]
+        except ClickException as exc:
+            report_click_error(exc)
+            sys.exit(getattr(exc, "exit_code", 2))
+        except typer.Abort:
+            setup_logging(0, "json")
+            log.error("aborted", extra={"kind": "aborted"})
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OcrpruneGroup,
     add_completion=True,
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -146,8 +224,11 @@ def render_timeout_seconds(value: float) -> float | None:
     return None if value == 0 or math.isinf(value) else value
 
 
-def resolve_password(password: str | None, password_file: Path | None) -> str | None:
-    """The PDF password from exactly one of `--password`, `--password-file` or `OCRPRUNE_PASSWORD`.
+def resolve_password(
+    password: str | None, password_file: Path | None
+) -> tuple[str | None, str | None]:
+    """The PDF password from exactly one of `--password`, `--password-file` or `OCRPRUNE_PASSWORD`,
+    and its source as a wrong-password message names it (`--password-file FILE`, ...).
 
     A file's single trailing newline is dropped (`echo secret > pw` works); two sources at once
     are a usage error, so a forgotten environment variable never silently wins or loses.
@@ -175,8 +256,11 @@ def resolve_password(password: str | None, password_file: Path | None) -> str | 
             raise typer.BadParameter(
                 f"cannot read {password_file}: {reason}", param_hint="'--password-file'"
             ) from None
-        return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
-    return password if password is not None else env
+        secret = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+        return secret, f"--password-file {password_file}"
+    if password is not None:
+        return password, "--password"
+    return env, (PASSWORD_ENV if env is not None else None)
 
 
 # Options shared by `convert` and `sweep`, declared once. The ones a nightly job sets every time
@@ -501,7 +585,11 @@ def convert(
         bool, typer.Option(help="Redo documents already converted with the same options.")
     ] = False,
     retry_failed: Annotated[
-        bool, typer.Option(help="Redo documents that had failed pages.")
+        bool,
+        typer.Option(
+            help="Redo only the pages that failed or were capped in earlier runs; "
+            "finished pages are kept."
+        ),
     ] = False,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failure.")] = False,
     ray: Annotated[
@@ -547,7 +635,7 @@ def convert(
         raise typer.BadParameter(
             "--ray writes files into --out; it cannot write to stdout", param_hint="'--ray'"
         )
-    secret = resolve_password(password, password_file)
+    secret, secret_source = resolve_password(password, password_file)
     setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
     config = RunConfig(
         inputs=tuple(inputs),
@@ -563,6 +651,7 @@ def convert(
         raster=RasterConfig(
             dpi=dpi,
             password=secret,
+            password_source=secret_source,
             pages=parse_pages(pages),
             render_timeout=render_timeout_seconds(render_timeout),
             renderer=renderer,
@@ -608,7 +697,7 @@ def parse_ray_address(value: str | None) -> str | None:
 T = TypeVar("T")
 
 
-def _guarded(progress: ProgressView, work: Callable[[], T]) -> T:
+def _guarded(progress: ProgressView | None, work: Callable[[], T]) -> T:
     """Run `work`; the one place that maps exceptions to a one-line message and an exit code."""
     try:
         return work()
@@ -627,11 +716,31 @@ def _guarded(progress: ProgressView, work: Callable[[], T]) -> T:
         log.error("internal error (this is a bug; please report it)", exc_info=True)
         raise typer.Exit(int(ExitCode.INTERNAL)) from None
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
+
+
+def _preflight(model: ModelConfig, engine: str, out: Path | None, on_ray: bool = False) -> None:
+    """The cheap environment checks (`preflight.check_run`), before torch, the model or `--out`:
+    a failure is one line and its exit code, in well under a second."""
+    from .preflight import check_run
+
+    _guarded(
+        None,
+        lambda: check_run(
+            model=model.model, device=model.device, engine=engine, out=out, on_ray=on_ray
+        ),
+    )
 
 
 def _run_convert(config: RunConfig, quiet: bool, log_format: str) -> int:
     """Run the pipeline and map its outcome or exception to an exit code."""
+    _preflight(
+        config.model,
+        config.engine,
+        None if config.stdout else config.out,
+        on_ray=config.ray is not None,
+    )
     from . import pipeline
 
     progress = ProgressView(enabled=not quiet, bar=log_format == "text")
@@ -724,7 +833,7 @@ def sweep(
     recommend a keep."""
     from .sweep import SweepConfig, parse_keeps, render_sweep_table, run_sweep
 
-    secret = resolve_password(password, password_file)
+    secret, secret_source = resolve_password(password, password_file)
     setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
     config = SweepConfig(
         inputs=tuple(inputs),
@@ -738,6 +847,7 @@ def sweep(
         raster=RasterConfig(
             dpi=dpi,
             password=secret,
+            password_source=secret_source,
             pages=parse_pages(pages),
             render_timeout=render_timeout_seconds(render_timeout),
             renderer=renderer,
@@ -748,6 +858,7 @@ def sweep(
         glob=glob,
         engine=engine,
     )
+    _preflight(config.model, config.engine, config.out)
     progress = ProgressView(enabled=not quiet, bar=log_format == "text")
     report = _guarded(progress, lambda: run_sweep(config, progress=progress))
     if not quiet and log_format == "json":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .errors import password_problem
 from .models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1, ModeSpec
 
 # The model's facts live in its spec (models/deepseek_ocr_v1.py); these names stay for callers.
@@ -126,6 +127,13 @@ class RasterConfig:
     # (None: no limit). Rendering runs in a worker process so a stuck page cannot hang the run.
     render_timeout: float | None = DEFAULT_RENDER_TIMEOUT
     renderer: RendererName = "mupdf"
+    # Where `password` came from (`--password-file FILE`, `OCRPRUNE_PASSWORD`, `--password`), so
+    # an `encrypted` failure names it (`password_problem`); None outside the CLI.
+    password_source: str | None = None
+
+    def password_problem(self, *, wrong: bool) -> str:
+        """The one-line detail of an `encrypted` failure, naming the password's source."""
+        return password_problem(self.password_source, wrong=wrong)
 
     def __post_init__(self) -> None:
         if not 18 <= self.dpi <= 1200:

@@ -25,6 +25,62 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143 and SIGHUP 129 (128 + signal number)
 
 
+# The exit-code table, one source for `--help` and the README's "Exit codes" section (a test
+# compares the README with it): (codes as written, meaning in Markdown).
+EXIT_CODE_TABLE: tuple[tuple[str, str], ...] = (
+    (
+        "0",
+        "every page of every document is `ok` (documents skipped as already done included), "
+        "or there was nothing to do (an empty folder, list or stdin)",
+    ),
+    ("1", "internal error (a bug; `-v` shows the traceback)"),
+    ("2", "usage error (bad flag or value)"),
+    (
+        "3",
+        "finished, but some inputs or pages are not `ok` (`length` pages, and skipped documents "
+        "whose recorded pages failed, included); the rest was written",
+    ),
+    (
+        "4",
+        "no page produced any output (every input failed, or every page failed to render or run)",
+    ),
+    (
+        "5",
+        "environment: the model will not load, CUDA was asked for and is absent, an optional "
+        "extra is missing (`--renderer pdfium` without pypdfium2, `--engine vllm` without vLLM, "
+        "`--ray` without Ray), or a Ray cluster cannot be reached or started",
+    ),
+    ("6", "the output folder is not writable (also when it becomes read-only or full mid-run)"),
+    ("75", "another ocrprune run is writing to the same `--out` (try again later)"),
+    (
+        "130, 143, 129",
+        "interrupted by Ctrl-C (SIGINT), SIGTERM or SIGHUP (128 + the signal number); finished "
+        "documents and pages are kept",
+    ),
+)
+
+
+def password_problem(source: str | None, *, wrong: bool) -> str:
+    """The detail of an `encrypted` failure: which password source was used (`--password-file
+    FILE`, `OCRPRUNE_PASSWORD`, `--password`; None: none given) and what to do, recommending the
+    file (a `--password` shows in `ps`; a variable is easily left set or forgotten)."""
+    if not wrong:
+        return (
+            "needs a password; put it in a file and pass --password-file FILE "
+            "(or set OCRPRUNE_PASSWORD)"
+        )
+    if source is not None and source.startswith("--password-file"):
+        return f"the password in {source} is wrong"
+    if source == "OCRPRUNE_PASSWORD":
+        return "the password in OCRPRUNE_PASSWORD is wrong; prefer --password-file FILE"
+    if source == "--password":
+        return (
+            "the password given with --password is wrong; prefer --password-file FILE "
+            "(--password shows in ps)"
+        )
+    return "the password given with --password is wrong"  # a library caller that named no source
+
+
 class OcrpruneError(Exception):
     """Base class: every expected failure carries the exit code it maps to."""
 

@@ -7,7 +7,8 @@ Guarantees:
   only when the argument does not exist as a path), `@list.txt` (one path per line, relative to the
   list's folder) and `-` (paths from stdin, relative to the current folder: one per line, or
   NUL-separated with `null=True` as `find -print0` writes them). In line lists, surrounding ASCII
-  whitespace is stripped and blank lines and lines starting with `#` are skipped; NUL lists are
+  whitespace is stripped (so CRLF line ends work), a leading UTF-8 byte-order mark is dropped,
+  and blank lines and lines starting with `#` are skipped; NUL lists are
   taken as they are (names may hold spaces and newlines), only empty entries are skipped. Lists are
   read as bytes and decoded with `os.fsdecode`, so names that are not UTF-8 survive.
 * The type comes from the bytes (`sniff_kind`), never from the extension. Nothing but a regular
@@ -571,11 +572,16 @@ def _read_bytes(stream: IO[Any]) -> bytes:
     return data if isinstance(data, bytes) else os.fsencode(data)
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _entries(data: bytes, *, null: bool) -> list[str]:
     """Paths from a list: NUL-separated as they are, or one per line, stripped, `#` comments out."""
     if null:
         return [os.fsdecode(entry) for entry in data.split(b"\x00") if entry]
-    entries = (line.strip() for line in data.split(b"\n"))
+    # A UTF-8 byte-order mark (Notepad, PowerShell) is not part of the first name; CRLF line ends
+    # lose their CR to `strip`.
+    entries = (line.strip() for line in data.removeprefix(_UTF8_BOM).split(b"\n"))
     return [os.fsdecode(e) for e in entries if e and not e.startswith(b"#")]
 
 

@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 import ocrprune
-from ocrprune.records import DocResult, PageResult, RunInfo
+from ocrprune.records import DocResult, KeepInfo, PageResult, RunInfo
 from ocrprune.writers.markdown import resolve_image_links
 
 DOCUMENT_SCHEMA = "ocrprune.document/1"
@@ -68,7 +68,8 @@ def render_jsonl(
     """Compact JSON Lines, one line per page, each ending in a newline.
 
     A document with no pages (it failed to open) still gets one line, with `page: null` and
-    `status: "document_error"`, so a failed input is never silent in the stream.
+    `status: "document_error"`, so a failed input is never silent in the stream. Fields shared
+    with page lines keep their type: `keep` is the same object (ratio 0, as on a failed page).
     """
     if doc.pages:
         records = [
@@ -77,7 +78,14 @@ def render_jsonl(
         ]
     else:
         header = {k: v for k, v in document_fields(doc, run).items() if k != "schema"}
-        records = [{"schema": PAGE_SCHEMA} | header | {"page": None, "status": "document_error"}]
+        # `keep` is an object on every JSON Lines record, as on page lines (ratio 0: nothing ran,
+        # as on a failed page), so a consumer never meets a string where it reads `keep.setting`.
+        keep = keep_fields(KeepInfo(setting=run.keep, ratio=0.0, method=run.prune_method))
+        records = [
+            {"schema": PAGE_SCHEMA}
+            | header
+            | {"keep": keep, "page": None, "status": "document_error"}
+        ]
     return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
 
 
@@ -97,13 +105,7 @@ def document_fields(doc: DocResult, run: RunInfo) -> dict[str, Any]:
 
 def page_fields(page: PageResult, image_dir: str | None) -> dict[str, Any]:
     """One page's object inside `pages` (and the page half of a JSON Lines record)."""
-    keep: dict[str, Any] = {
-        "setting": page.keep.setting,
-        "ratio": page.keep.ratio,
-        "method": page.keep.method,
-    }
-    if page.keep.setting == "auto":
-        keep |= {"r_txt": page.keep.r_txt, "r_sim": page.keep.r_sim}
+    keep = keep_fields(page.keep)
     return {
         "page": page.page,
         "status": page.status,
@@ -123,6 +125,15 @@ def page_fields(page: PageResult, image_dir: str | None) -> dict[str, Any]:
         "keep": keep,
         "size": {"width": page.width, "height": page.height},
     }
+
+
+def keep_fields(info: KeepInfo) -> dict[str, Any]:
+    """A page's `keep` object: the setting, the ratio used and the method (`r_txt`/`r_sim` with
+    `auto`)."""
+    keep: dict[str, Any] = {"setting": info.setting, "ratio": info.ratio, "method": info.method}
+    if info.setting == "auto":
+        keep |= {"r_txt": info.r_txt, "r_sim": info.r_sim}
+    return keep
 
 
 def _image_dir(doc: DocResult, image_dir: str | None) -> str:

@@ -486,7 +486,8 @@ def test_a_render_process_that_dies_costs_only_its_page(tmp_path: Path) -> None:
         (
             "page",
             1,
-            "crash.pdf page 1: render_error: the render process died (SIGKILL) on this page",
+            "crash.pdf page 1: render_error: the render process died (killed by SIGKILL) "
+            "while rendering this page",
         ),
         ("page", 2, (400, 600)),
         ("done",),
@@ -547,7 +548,7 @@ def test_pixels_cross_by_the_shared_mapping_or_else_the_pipe(
     try:
         _send_page(child, pixels, shared)
         first = parent.recv()
-        assert first == ("page", 7, 5.0, 144.0, (3, 2), 18, True)
+        assert first == ("page", 7, 5.0, 144.0, (3, 2), 18, True, ())
         assert page_from_reply(first, worker, "x").image.tobytes() == image.tobytes()  # type: ignore[union-attr]
 
         def no_space(fd: int, offset: int, length: int) -> None:
@@ -557,7 +558,7 @@ def test_pixels_cross_by_the_shared_mapping_or_else_the_pipe(
         monkeypatch.setattr(os, "posix_fallocate", no_space)
         _send_page(child, pixels, full)
         second = parent.recv()
-        assert second == ("page", 7, 5.0, 144.0, (3, 2), 18, False)
+        assert second == ("page", 7, 5.0, 144.0, (3, 2), 18, False, ())
         page = page_from_reply(second, worker, "x")
         assert page.image.tobytes() == image.tobytes()  # type: ignore[union-attr]
         full.close()

@@ -14,6 +14,9 @@ Guarantees:
 * Salvage: a PDF whose page tree holds fewer pages than its /Count claims renders the pages it
   has; the missing ones are `render_error` (see `raster_stream` for how a long run of them is cut
   short). A claim above `CLAIMED_PAGES_CAP` pages is not believed.
+* MuPDF never prints (its errors went to stdout, into the progress bar and JSON logs): its
+  messages are collected per page (`RenderedPage.warnings`) and while opening
+  (`OpenedDocument.open_warnings`); `PageStream` logs them as warnings naming the file and page.
 * Pixel cap: no page image exceeds `RasterConfig.max_pixels`. PDF pages that would are rendered at
   a lower dpi (recorded in `RenderedPage.dpi`); images are downscaled, aspect ratio kept.
 * Renderers: MuPDF (default) or PDFium (`renderer="pdfium"`, optional, `raster_pdfium`); the same
@@ -32,6 +35,7 @@ from PIL import Image
 from ocrprune.config import RasterConfig
 from ocrprune.errors import InputError
 from ocrprune.inputs import Document
+from ocrprune.names import escape_name
 from ocrprune.raster_base import (
     CLAIMED_PAGES_CAP,
     InputFile,
@@ -83,6 +87,7 @@ __all__ = [
     "capped_scale",
     "check_renderer",
     "load_image_page",
+    "mupdf_messages",
     "open_document",
     "pdf_page_pixmap",
     "pixel_size",
@@ -92,6 +97,8 @@ __all__ = [
 ]
 
 _REF = re.compile(rb"(\d+)\s+\d+\s+R")
+MAX_MESSAGES = 10  # MuPDF messages kept per page (a damaged page can say thousands of things)
+_MESSAGE_CHARS = 300
 
 
 def check_renderer(name: str) -> None:
@@ -144,6 +151,24 @@ def pdf_page_pixmap(
     return pix, scale * 72.0
 
 
+def quiet_mupdf() -> None:
+    """Stop MuPDF printing its errors to stdout; they are collected for `mupdf_messages`."""
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    pymupdf.TOOLS.mupdf_display_warnings(False)
+
+
+def mupdf_messages() -> tuple[str, ...]:
+    """MuPDF's errors and warnings since the last call (then forgotten): distinct, in order,
+    each one line, at most `MAX_MESSAGES` (and a line saying how many more)."""
+    text = pymupdf.TOOLS.mupdf_warnings(reset=True)  # also flushes "... repeated N times"
+    lines = (escape_name(line.strip())[:_MESSAGE_CHARS] for line in text.splitlines())
+    distinct = list(dict.fromkeys(line for line in lines if line))
+    if len(distinct) > MAX_MESSAGES:
+        more = len(distinct) - MAX_MESSAGES
+        distinct[MAX_MESSAGES:] = [f"and {more} more MuPDF message(s)"]
+    return tuple(distinct)
+
+
 class _PdfDocument(OpenedDocument):
     def __init__(
         self, doc: Document, cfg: RasterConfig, pdf: pymupdf.Document, count: int, real: int
@@ -154,7 +179,9 @@ class _PdfDocument(OpenedDocument):
 
     @classmethod
     def open(cls, doc: Document, cfg: RasterConfig, source: InputFile) -> _PdfDocument:
-        pdf = _open_mupdf(doc, source)
+        quiet_mupdf()
+        mupdf_messages()  # not this document's
+        pdf = _open_mupdf(doc, source)  # a failure's messages are dropped by the next open
         try:
             _unlock(pdf, doc, cfg.password)
             claimed, real = _page_counts(pdf, doc)
@@ -167,7 +194,9 @@ class _PdfDocument(OpenedDocument):
                         doc.display, "corrupt", "damaged PDF: repaired by MuPDF but no pages found"
                     )
                 raise InputError(doc.display, "zero_pages", "the PDF has no pages")
-            return cls(doc, cfg, pdf, claimed, real)
+            opened = cls(doc, cfg, pdf, claimed, real)
+            opened.open_warnings = mupdf_messages()
+            return opened
         except BaseException as exc:
             if not pdf.is_closed:
                 pdf.close()
@@ -182,7 +211,12 @@ class _PdfDocument(OpenedDocument):
             self._pdf.load_page(page_no - 1)
         except Exception as exc:  # noqa: BLE001 - any failure to load is the answer
             return describe(exc)
+        finally:
+            mupdf_messages()  # a probe's conclusion is all it reports
         return None
+
+    def messages(self) -> tuple[str, ...]:
+        return mupdf_messages()
 
     def _render(self, page_no: int) -> tuple[Image.Image, float]:
         assert self._pdf is not None, "document is closed"

@@ -26,19 +26,25 @@ from ocrprune.inputs import Document
 # A page count above this is not believed: only the first CLAIMED_PAGES_CAP pages are announced
 # (a damaged or hostile /Count can claim billions of pages).
 CLAIMED_PAGES_CAP = 100_000
+# `--pages N-` reaches the renderers as (N, OPEN_RANGE_END) (see `cli.parse_pages`).
+OPEN_RANGE_END = 10**9
 # MuPDF rounds a pixmap's edges inwards by this much before taking the ceiling (fz_round_rect).
 _ROUND_EPSILON = 0.001
 
 
 @dataclass(frozen=True)
 class RenderedPage:
-    """One page: `image` is RGB, or None with `error` set. `dpi` is the resolution used."""
+    """One page: `image` is RGB, or None with `error` set. `dpi` is the resolution used.
+
+    `warnings`: the renderer's own messages while rendering this page (MuPDF's, e.g. a damaged
+    stream it read past), distinct, in order; never printed by the renderer itself."""
 
     page: int
     image: Image.Image | None
     render_ms: float
     error: InputError | None = None
     dpi: float = 0.0
+    warnings: tuple[str, ...] = ()
 
 
 def select_pages(count: int, ranges: Sequence[tuple[int, int]]) -> list[int]:
@@ -51,6 +57,15 @@ def select_pages(count: int, ranges: Sequence[tuple[int, int]]) -> list[int]:
     for start, end in ranges:
         chosen.update(range(max(1, start), min(count, end) + 1))
     return sorted(chosen)
+
+
+def pages_beyond(count: int, ranges: Sequence[tuple[int, int]]) -> int | None:
+    """The highest page `ranges` ask for when it lies beyond a `count`-page document, else None.
+
+    An open range (`7-`) asks for its first page only: `7-` on a 10-page document is no excess."""
+    asked = [start if end >= OPEN_RANGE_END else end for start, end in ranges]
+    highest = max(asked, default=0)
+    return highest if highest > count else None
 
 
 def capped_scale(width: float, height: float, scale: float, max_pixels: int) -> float:
@@ -86,6 +101,7 @@ class Pixels:
     dpi: float
     owner: Any = None
     render_ms: float = 0.0
+    warnings: tuple[str, ...] = ()
 
 
 def ms_since(start: float) -> float:
@@ -98,10 +114,12 @@ class OpenedDocument:
     `readable_pages`: when the document is known to hold fewer pages than it claims, how many it
     really holds (pages after it fail without being tried). `trailing_error`: a problem with the
     document as a whole, reported once its pages are delivered (e.g. a page count over the cap).
+    `open_warnings`: the renderer's own messages while opening (see `RenderedPage.warnings`).
     """
 
     readable_pages: int | None = None
     trailing_error: InputError | None = None
+    open_warnings: tuple[str, ...] = ()
 
     def __init__(self, doc: Document, cfg: RasterConfig, page_count: int) -> None:
         self.doc = doc
@@ -128,23 +146,31 @@ class OpenedDocument:
     def render(self, page_no: int) -> RenderedPage:
         """Render one page; a failure becomes `RenderedPage.error` (kind `render_error`)."""
         self._check(page_no)
+        self.messages()  # what came before this page is not this page's
         start = time.perf_counter()
         try:
             image, dpi = self._render(page_no)
         except Exception as exc:  # the per-page boundary: one bad page must not stop the others
             return self._failed(page_no, exc, start)
-        return RenderedPage(page_no, image, ms_since(start), None, dpi)
+        return RenderedPage(page_no, image, ms_since(start), None, dpi, self.messages())
 
     def render_pixels(self, page_no: int) -> RenderedPage | Pixels:
         """Like `render`, but a success is the raw RGB pixels (for the render process to send)."""
         self._check(page_no)
+        self.messages()
         start = time.perf_counter()
         try:
             pixels = self._pixels(page_no)
         except Exception as exc:  # the per-page boundary, as in `render`
             return self._failed(page_no, exc, start)
         pixels.render_ms = ms_since(start)
+        pixels.warnings = self.messages()
         return pixels
+
+    def messages(self) -> tuple[str, ...]:
+        """The renderer's own messages since the last call, distinct, in order (MuPDF's; the
+        other renderers have none to give)."""
+        return ()
 
     def _check(self, page_no: int) -> None:
         if not 1 <= page_no <= self.page_count:
@@ -154,7 +180,9 @@ class OpenedDocument:
         kind = "too_large" if isinstance(exc, Image.DecompressionBombError) else "render_error"
         detail = str(exc) if kind == "too_large" else describe(exc)
         error = InputError(self.doc.display, kind, detail, page=page_no)
-        return RenderedPage(page_no, None, ms_since(start), error)
+        # A message the error already quotes is said once, in the error.
+        said = tuple(m for m in self.messages() if m.rsplit(": ", 1)[-1] not in error.detail)
+        return RenderedPage(page_no, None, ms_since(start), error, warnings=said)
 
     def _pixels(self, page_no: int) -> Pixels:
         image, dpi = self._render(page_no)

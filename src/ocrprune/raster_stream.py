@@ -32,7 +32,14 @@ from typing import Protocol
 from ocrprune.config import RasterConfig
 from ocrprune.errors import InputError
 from ocrprune.inputs import Document
-from ocrprune.raster_base import OpenedDocument, RenderedPage, describe
+from ocrprune.names import escape_name
+from ocrprune.raster_base import (
+    CLAIMED_PAGES_CAP,
+    OpenedDocument,
+    RenderedPage,
+    describe,
+    pages_beyond,
+)
 from ocrprune.raster_worker import (
     RenderWorker,
     WorkerDied,
@@ -52,11 +59,16 @@ _CLOSE_WAIT = 2.0  # seconds close() waits for the thread once the worker is kil
 
 @dataclass(frozen=True)
 class DocOpened:
-    """Document `index` opened; its pages will follow in this order."""
+    """Document `index` opened; its pages will follow in this order.
+
+    `page_count`: the pages the document says it has (0 when unknown); `warnings`: the
+    renderer's own messages while opening it."""
 
     index: int
     doc: Document
     page_numbers: tuple[int, ...]
+    page_count: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,7 @@ class _Opened:
     claimed_pages: int
     readable_pages: int | None
     trailing_error: InputError | None
+    warnings: tuple[str, ...] = ()
 
 
 class _Session(Protocol):
@@ -122,6 +135,7 @@ class _ThreadSession:
             opened.claimed_pages,
             opened.readable_pages,
             opened.trailing_error,
+            tuple(opened.open_warnings),
         )
 
     def render(self, page_no: int) -> RenderedPage:
@@ -145,17 +159,21 @@ class _ThreadSession:
 
 
 class _ProcessSession:
-    """Open and render in a worker process, each request under `cfg.render_timeout`."""
+    """Open and render in a worker process, each request under `cfg.render_timeout`.
+
+    A page is asked for only in a process that has the document open: when the process is not
+    the one that opened it (it was killed after a timeout, crashed, or died while idle), the
+    document is reopened first, so a dead process costs at most the page it was rendering."""
 
     def __init__(self, cfg: RasterConfig, stop: threading.Event) -> None:
         self._cfg = cfg
         self._timeout = cfg.render_timeout
         self.worker = RenderWorker(stop)
         self._doc: Document | None = None
-        self._reopen = False
+        self._opened_in = -1  # the `worker.starts` of the process that opened `_doc`
 
     def open(self, doc: Document) -> _Opened:
-        self._doc, self._reopen = doc, False
+        self._doc, self._opened_in = doc, -1
         start = time.monotonic()
         try:
             reply = self.worker.call(("open", doc, self._cfg), self._timeout)
@@ -169,15 +187,22 @@ class _ProcessSession:
             ) from None
         if reply[0] == "failed":
             raise InputError(doc.display, reply[1], reply[2])
-        _, numbers, count, readable, trailing = reply
+        self._opened_in = self.worker.starts
+        _, numbers, count, readable, trailing, said = reply
         error = InputError(doc.display, *trailing) if trailing is not None else None
-        return _Opened(numbers, count, readable, error)
+        return _Opened(numbers, count, readable, error, said)
 
-    def render(self, page_no: int) -> RenderedPage:
+    def _ready(self) -> Document:
+        """The current document, open in a running render process (reopened in a fresh one
+        if need be; an InputError here ends the document: DocFailed)."""
         doc = self._doc
         assert doc is not None
-        if self._reopen:
-            self.open(doc)  # an InputError here ends the document (DocFailed)
+        if self.worker.ready() != self._opened_in:
+            self.open(doc)
+        return doc
+
+    def render(self, page_no: int) -> RenderedPage:
+        doc = self._ready()
         start = time.monotonic()
         try:
             reply = self.worker.call(("render", page_no), self._timeout)
@@ -185,22 +210,17 @@ class _ProcessSession:
         except WorkerTimeout:
             detail = self._limit_text(start)
         except WorkerDied as exc:
-            detail = f"{exc} on this page"
-        self._reopen = True
+            detail = f"{exc} while rendering this page"
         error = InputError(doc.display, "render_error", detail, page=page_no)
         return RenderedPage(page_no, None, (time.monotonic() - start) * 1000.0, error)
 
     def probe(self, page_no: int) -> str | None:
-        if self._reopen:
-            assert self._doc is not None
-            self.open(self._doc)
+        self._ready()
         try:
             reply = self.worker.call(("probe", page_no), self._timeout)
         except WorkerTimeout:
-            self._reopen = True
             return None  # slow is not unreadable: no conclusion
         except WorkerDied as exc:
-            self._reopen = True
             return str(exc)
         probed: str | None = reply[1]
         return probed
@@ -217,6 +237,37 @@ class _ProcessSession:
     def _limit_text(self, start: float) -> str:
         took = time.monotonic() - start
         return f"exceeded the render time limit of {self._timeout:g} s (stopped after {took:.1f} s)"
+
+
+def log_warnings(event: StreamEvent, cfg: RasterConfig) -> None:
+    """Log what is worth a warning about a document or page, as the consumer reaches it (in its
+    thread, after what came before): the renderer's messages, `--pages` past the end."""
+    if isinstance(event, DocOpened):
+        shown = escape_name(event.doc.display)
+        extra = {"file": shown, "kind": "mupdf"}
+        for message in event.warnings:
+            log.warning("%s: MuPDF: %s", shown, message, extra=extra)
+        count = event.page_count
+        beyond = pages_beyond(count, cfg.pages) if 0 < count <= CLAIMED_PAGES_CAP else None
+        if beyond is not None:
+            log.warning(
+                "%s: --pages asks for pages up to %d; the document has %d",
+                shown,
+                beyond,
+                count,
+                extra={"file": shown, "kind": "pages_beyond_end"},
+            )
+    elif isinstance(event, PageRendered) and event.page.warnings:
+        shown = escape_name(event.doc.display)
+        page = event.page.page
+        for message in event.page.warnings:
+            log.warning(
+                "%s page %d: MuPDF: %s",
+                shown,
+                page,
+                message,
+                extra={"file": shown, "page": page, "kind": "mupdf"},
+            )
 
 
 def _same_error(detail: str) -> str:
@@ -303,6 +354,7 @@ class PageStream:
                     continue
                 if item is _END:
                     return
+                log_warnings(item, self.cfg)  # type: ignore[arg-type]
                 yield item  # type: ignore[misc]
         finally:
             self.close()
@@ -374,7 +426,10 @@ class PageStream:
                 DocFailed(index, doc, InputError(doc.display, "internal", describe(exc)))
             )
         try:
-            if not self._put(DocOpened(index, doc, opened.page_numbers)):
+            event = DocOpened(
+                index, doc, opened.page_numbers, opened.claimed_pages, opened.warnings
+            )
+            if not self._put(event):
                 return False
             return self._pages(index, doc, opened)
         except InputError as exc:

@@ -7,7 +7,10 @@ crash costs that page, and Ctrl-C never waits for a render.
 
 * `RenderWorker` (parent side) sends one request at a time and waits for the reply, at most
   `timeout` seconds, checking its stop event every 0.1 s; it raises `WorkerTimeout`,
-  `WorkerDied` or `WorkerStopped`. The next request after a kill starts a fresh process.
+  `WorkerDied` or `WorkerStopped`. The next request after a kill starts a fresh process, also
+  when the process died while idle (OOM killer, an operator): `starts` counts the processes, so
+  the caller knows to reopen its document there before asking for a page.
+* The child never prints a traceback: a request it cannot serve gets an error reply.
 * Pages travel as raw RGB bytes through a shared file mapping (`SharedPixels`); only a small
   header goes through the pipe (no PNG encode, no pickling or piping of megabytes). Where the
   mapping cannot grow (no memory or space left for it), that page's pixels go through the pipe.
@@ -26,6 +29,7 @@ import ctypes
 import mmap
 import multiprocessing
 import os
+import select
 import signal
 import sys
 import tempfile
@@ -170,11 +174,17 @@ class RenderWorker:
         self._proc: Any = None
         self._conn: Connection | None = None
         self._pixels: SharedPixels | None = None
+        self.starts = 0  # render processes started so far (each one opens documents anew)
 
     @property
     def pid(self) -> int | None:
         proc = self._proc
         return proc.pid if proc is not None else None
+
+    def ready(self) -> int:
+        """Make sure a render process runs (starting a fresh one if it died); its `starts`."""
+        self._ensure()
+        return self.starts
 
     def call(self, request: tuple[Any, ...], timeout: float | None) -> tuple[Any, ...]:
         """Send `request` and return the reply; kills the process on timeout or stop."""
@@ -224,8 +234,25 @@ class RenderWorker:
         if pixels is not None:
             pixels.close()
 
+    def _running(self) -> bool:
+        """Whether the process lives and waits for a request: between requests nothing is
+        readable from it, so a readable pipe is the end of file its death left (seen at once,
+        before the process is even reaped; and far cheaper than `is_alive`)."""
+        conn = self._conn
+        if conn is None or self._proc is None:
+            return False
+        try:
+            if not hasattr(select, "poll"):
+                return not conn.poll(0)
+            poller = select.poll()  # no limit on the descriptor's number, unlike select()
+            poller.register(conn.fileno(), select.POLLIN)
+            return not poller.poll(0)
+        except (OSError, ValueError):
+            return False
+
     def _ensure(self) -> Connection:
-        if self._conn is not None and self._proc is not None and self._proc.is_alive():
+        if self._running():
+            assert self._conn is not None
             return self._conn
         self.shutdown()
         ctx = _context()
@@ -253,6 +280,7 @@ class RenderWorker:
         if ready[0] != "ready":
             self.shutdown()
             raise WorkerUnavailable("the render process did not start")
+        self.starts += 1
         return parent
 
     def _wait(self, conn: Connection, timeout: float | None) -> None:
@@ -291,19 +319,21 @@ def _exit_text(code: int | None) -> str:
         return "the render process stopped answering"
     if code < 0:
         try:
-            return f"the render process died ({signal.Signals(-code).name})"
+            return f"the render process died (killed by {signal.Signals(-code).name})"
         except ValueError:
-            return f"the render process died (signal {-code})"
+            return f"the render process died (killed by signal {-code})"
     return f"the render process exited with status {code}"
 
 
 def page_from_reply(reply: tuple[Any, ...], worker: RenderWorker, display: str) -> RenderedPage:
     """Turn a `page` or `error` reply into a RenderedPage (reading the pixels for `page`)."""
     if reply[0] == "page":
-        _, page_no, render_ms, dpi, size, nbytes, shared = reply
-        return RenderedPage(page_no, worker.image(size, nbytes, shared), render_ms, None, dpi)
-    _, page_no, render_ms, kind, detail = reply
-    return RenderedPage(page_no, None, render_ms, InputError(display, kind, detail, page=page_no))
+        _, page_no, render_ms, dpi, size, nbytes, shared, said = reply
+        image = worker.image(size, nbytes, shared)
+        return RenderedPage(page_no, image, render_ms, None, dpi, said)
+    _, page_no, render_ms, kind, detail, said = reply
+    error = InputError(display, kind, detail, page=page_no)
+    return RenderedPage(page_no, None, render_ms, error, warnings=said)
 
 
 # --- the child ------------------------------------------------------------------------------------
@@ -314,50 +344,82 @@ def serve(conn: Connection, pixels_fd: int) -> None:
     _release_fork_server()
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from ocrprune.raster import open_document
+    from ocrprune.raster import open_document  # before "ready": not on the first page's clock
 
-    opened: Any = None
     pixels = SharedPixels(pixels_fd)
+    server = _Server(pixels, open_document)
     conn.send(("ready", os.getpid()))
     try:
         while True:
+            request = conn.recv()
+            if request[0] not in ("open", "render", "probe", "close"):
+                return
             try:
-                request = conn.recv()
-            except (EOFError, OSError):
-                return
-            op = request[0]
-            if op in ("open", "close") and opened is not None:
-                opened.close()
-                opened = None
-            if op == "open":
-                try:
-                    opened = open_document(request[1], request[2])
-                except InputError as exc:
-                    conn.send(("failed", exc.kind, exc.detail))
-                    continue
-                except Exception as exc:  # noqa: BLE001 - reported as the document's failure
-                    conn.send(("failed", "internal", describe(exc)))
-                    continue
-                trailing = opened.trailing_error
-                conn.send(
-                    (
-                        "opened",
-                        tuple(opened.page_numbers),
-                        opened.claimed_pages,
-                        opened.readable_pages,
-                        None if trailing is None else (trailing.kind, trailing.detail),
-                    )
-                )
-            elif op == "render":
-                _send_page(conn, opened.render_pixels(request[1]), pixels)
-            elif op == "probe":
-                conn.send(("probed", opened.probe(request[1])))
-            elif op != "close":
-                return
+                server.handle(conn, request)
+            except Exception as exc:  # noqa: BLE001 - an answer, never a traceback
+                if request[0] != "close":  # the one request that gets no reply
+                    conn.send(_failure_reply(request, describe(exc)))
+    except (EOFError, OSError):
+        return  # the parent is gone or closed the pipe
     finally:
-        if opened is not None:
-            opened.close()
+        server.close()
         pixels.close()
+
+
+class _Server:
+    """The child's state: at most one open document."""
+
+    def __init__(self, pixels: SharedPixels, opener: Any) -> None:
+        self.pixels = pixels
+        self.opener = opener
+        self.opened: Any = None
+
+    def handle(self, conn: Connection, request: tuple[Any, ...]) -> None:
+        op = request[0]
+        if op in ("open", "close"):
+            self.close()
+        if op == "open":
+            conn.send(self._open(request[1], request[2]))
+        elif op == "close":
+            return
+        elif self.opened is None:  # the parent always opens first; say so rather than crash
+            conn.send(_failure_reply(request, "the render process has no document open"))
+        elif op == "render":
+            _send_page(conn, self.opened.render_pixels(request[1]), self.pixels)
+        else:
+            conn.send(("probed", self.opened.probe(request[1])))
+
+    def _open(self, doc: Any, cfg: Any) -> tuple[Any, ...]:
+        try:
+            self.opened = opened = self.opener(doc, cfg)
+        except InputError as exc:
+            return ("failed", exc.kind, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - reported as the document's failure
+            return ("failed", "internal", describe(exc))
+        trailing = opened.trailing_error
+        return (
+            "opened",
+            tuple(opened.page_numbers),
+            opened.claimed_pages,
+            opened.readable_pages,
+            None if trailing is None else (trailing.kind, trailing.detail),
+            tuple(opened.open_warnings),
+        )
+
+    def close(self) -> None:
+        if self.opened is not None:
+            opened, self.opened = self.opened, None
+            opened.close()
+
+
+def _failure_reply(request: tuple[Any, ...], detail: str) -> tuple[Any, ...]:
+    """The reply a request gets when serving it failed unexpectedly."""
+    op = request[0]
+    if op == "render":
+        return ("error", request[1], 0.0, "internal", detail, ())
+    if op == "probe":
+        return ("probed", detail)
+    return ("failed", "internal", detail)
 
 
 def _send_page(conn: Connection, page: RenderedPage | Pixels, pixels: SharedPixels) -> None:
@@ -366,11 +428,12 @@ def _send_page(conn: Connection, page: RenderedPage | Pixels, pixels: SharedPixe
         kind, detail = (
             (error.kind, error.detail) if error is not None else ("render_error", "no image")
         )
-        conn.send(("error", page.page, page.render_ms, kind, detail))
+        conn.send(("error", page.page, page.render_ms, kind, detail, page.warnings))
         return
     nbytes = page.size[0] * page.size[1] * 3
     shared = pixels.write(page.data, nbytes)
-    conn.send(("page", page.page, page.render_ms, page.dpi, page.size, nbytes, shared))
+    reply = ("page", page.page, page.render_ms, page.dpi, page.size, nbytes, shared, page.warnings)
+    conn.send(reply)
     if not shared:
         conn.send_bytes(page.data)
 

@@ -559,9 +559,6 @@ def test_the_password_source_is_recorded_for_the_error_message(captured, tmp_pat
     )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs the raster to use RasterConfig.password_problem (NOTES-cli.md)"
-)
 @pytest.mark.parametrize("source", ["file", "env"])
 def test_a_wrong_password_is_reported_with_its_source(tmp_path, source):
     from docgen import make_encrypted_pdf

@@ -73,7 +73,7 @@ def test_pdf_rotate_is_honoured(tmp_path: Path) -> None:
 
 def test_encrypted_pdf_needs_the_right_password(tmp_path: Path) -> None:
     path = make_encrypted_pdf(tmp_path / "locked.pdf", "s3cret")
-    assert str(open_error(path)) == "locked.pdf: encrypted: needs a password; pass --password"
+    assert str(open_error(path)) == "locked.pdf: encrypted: needs a password; put it in a file and pass --password-file FILE (or set OCRPRUNE_PASSWORD)"
     wrong = open_error(path, RasterConfig(dpi=18, password="nope"))
     assert (wrong.kind, wrong.detail) == (
         "encrypted",

@@ -144,7 +144,7 @@ def test_pdfium_names_the_same_error_kinds_as_mupdf(tmp_path: Path) -> None:
         )
         assert open_error(tmp_path / "junk.pdf", renderer).startswith("junk.pdf: corrupt: ")
         assert open_error(locked, renderer) == (
-            "locked.pdf: encrypted: needs a password; pass --password"
+            "locked.pdf: encrypted: needs a password; put it in a file and pass --password-file FILE (or set OCRPRUNE_PASSWORD)"
         )
         assert open_error(locked, renderer, password="nope") == (
             "locked.pdf: encrypted: the password given with --password is wrong"
@@ -160,7 +160,7 @@ def test_pdfium_names_the_same_error_kinds_as_mupdf(tmp_path: Path) -> None:
         RasterConfig(renderer="pdfium"),
     )
     assert [str(e.error) for e in stream if isinstance(e, DocFailed)] == [
-        "locked.pdf: encrypted: needs a password; pass --password",
+        "locked.pdf: encrypted: needs a password; put it in a file and pass --password-file FILE (or set OCRPRUNE_PASSWORD)",
         "zero.pdf: zero_pages: the PDF has no pages",
         "junk.pdf: corrupt: cannot open as PDF: not a PDF or damaged beyond repair",
     ]

@@ -183,7 +183,7 @@ class _PdfDocument(OpenedDocument):
         mupdf_messages()  # not this document's
         pdf = _open_mupdf(doc, source)  # a failure's messages are dropped by the next open
         try:
-            _unlock(pdf, doc, cfg.password)
+            _unlock(pdf, doc, cfg)
             claimed, real = _page_counts(pdf, doc)
             if real == 0:
                 if claimed > 0:
@@ -314,10 +314,10 @@ def _ref(key: tuple[str, str]) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _unlock(pdf: pymupdf.Document, doc: Document, password: str | None) -> None:
+def _unlock(pdf: pymupdf.Document, doc: Document, cfg: RasterConfig) -> None:
     if not pdf.needs_pass:
         return
-    if password is None:
-        raise InputError(doc.display, "encrypted", "needs a password; pass --password")
-    if not pdf.authenticate(password):
-        raise InputError(doc.display, "encrypted", "the password given with --password is wrong")
+    if cfg.password is None:
+        raise InputError(doc.display, "encrypted", cfg.password_problem(wrong=False))
+    if not pdf.authenticate(cfg.password):
+        raise InputError(doc.display, "encrypted", cfg.password_problem(wrong=True))

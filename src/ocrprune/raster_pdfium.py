@@ -141,8 +141,8 @@ def _open_error(doc: Document, cfg: RasterConfig, code: int) -> InputError:
 
     if code == c.FPDF_ERR_PASSWORD:
         if cfg.password is None:
-            return InputError(doc.display, "encrypted", "needs a password; pass --password")
-        return InputError(doc.display, "encrypted", "the password given with --password is wrong")
+            return InputError(doc.display, "encrypted", cfg.password_problem(wrong=False))
+        return InputError(doc.display, "encrypted", cfg.password_problem(wrong=True))
     if code == c.FPDF_ERR_SECURITY:
         return InputError(doc.display, "encrypted", "unsupported security handler")
     reason = {

@@ -226,18 +226,20 @@ class _Run:
 
     def _log_pages(self, state: _DocState, pages: tuple[PageResult, ...]) -> None:
         """One error line per page that is not ok (so `-q` still names each), except that a run
-        of consecutive pages failing the same way is one line (`pages 4-100000: render_error:
-        ...`): a PDF that lies about its page count costs one line, not 100,000."""
+        of more than `_LOG_RUN` consecutive pages failing the same way is one line (`pages
+        4-100000: render_error: ...`): a PDF that lies about its page count costs one line, not
+        100,000."""
         for first, last, status, error in _failure_runs(pages):
-            where = f"page {first}" if first == last else f"pages {first}-{last}"
-            log.error(
-                "%s %s: %s%s",
-                state.shown,
-                where,
-                status,
-                f": {error}" if error else "",
-                extra={"file": state.shown, "page": first, "kind": status},
-            )
+            spans = [(first, last)] if last - first >= _LOG_RUN else [(n, n) for n in range(first, last + 1)]
+            for start, end in spans:
+                log.error(
+                    "%s %s: %s%s",
+                    state.shown,
+                    f"page {start}" if start == end else f"pages {start}-{end}",
+                    status,
+                    f": {error}" if error else "",
+                    extra={"file": state.shown, "page": start, "kind": status},
+                )
 
     def _finish(self, state: _DocState) -> None:
         """Write a complete document (outputs then manifest) and record it. A document whose
@@ -811,6 +813,9 @@ class DocConverter:
         if len(run.docs_out) != 1:
             raise RuntimeError(f"{len(run.docs_out)} results for one document")
         return run.docs_out[0]
+
+
+_LOG_RUN = 5  # consecutive identical page failures logged one by one; a longer run is one line
 
 
 def _failure_runs(pages: tuple[PageResult, ...]) -> Iterator[tuple[int, int, str, str | None]]:

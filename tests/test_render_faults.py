@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from docgen import build_pdf, make_pdf
-from test_render_limits import _stream
+from test_render_limits import _stream, nested_forms
 
 from ocrprune import pipeline
 from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig, RasterConfig, RunConfig
@@ -148,16 +148,7 @@ def make_slow_middle_pdf(path: Path) -> Path:
         _stream(b"0 0 0 RG 10 10 m 190 290 l S"),
         _stream(b"/X Do"),
     ]
-    depth = 6
-    for level in range(depth):
-        if level < depth - 1:
-            body = b" ".join(b"q 1 0 0 1 %d 0 cm /X Do Q" % (i % 3) for i in range(10))
-            resources = b"/Resources << /XObject << /X %d 0 R >> >>" % (9 + level)
-        else:
-            body, resources = b"0.5 w 10 10 m 190 290 l 190 10 l h S", b""
-        objects.append(
-            _stream(body, b"/Type /XObject /Subtype /Form /BBox [0 0 200 300] " + resources)
-        )
+    objects.extend(nested_forms(first=8))
     path.write_bytes(build_pdf(objects))
     return path
 

@@ -77,18 +77,23 @@ def make_slow_pdf(path: Path, depth: int = 6, fan: int = 10) -> Path:
         _stream(b"/X Do"),
         _stream(b"0 0 0 RG 10 10 m 190 290 l S"),
     ]
-    for level in range(depth):
-        number = 7 + level
-        if level < depth - 1:
-            body = b" ".join(b"q 1 0 0 1 %d 0 cm /X Do Q" % (i % 3) for i in range(fan))
-            resources = b"/Resources << /XObject << /X %d 0 R >> >>" % (number + 1)
-        else:
-            body, resources = b"0.5 w 10 10 m 190 290 l 190 10 l h S", b""
-        objects.append(
-            _stream(body, b"/Type /XObject /Subtype /Form /BBox [0 0 200 300] " + resources)
-        )
+    objects.extend(nested_forms(first=7, depth=depth, fan=fan))
     path.write_bytes(build_pdf(objects))
     return path
+
+
+def nested_forms(first: int, depth: int = 6, fan: int = 10) -> list[bytes]:
+    """Form XObjects numbered from `first`: each draws the next `fan` times, `depth` levels deep
+    (fan**depth strokes in all: slow to render on purpose)."""
+    forms = []
+    for level in range(depth):
+        if level < depth - 1:
+            body = b" ".join(b"q 1 0 0 1 %d 0 cm /X Do Q" % (i % 3) for i in range(fan))
+            resources = b"/Resources << /XObject << /X %d 0 R >> >>" % (first + level + 1)
+        else:
+            body, resources = b"0.5 w 10 10 m 190 290 l 190 10 l h S", b""
+        forms.append(_stream(body, b"/Type /XObject /Subtype /Form /BBox [0 0 200 300] " + resources))
+    return forms
 
 
 def doc_at(path: Path, kind: str = "pdf", display: str | None = None) -> Document:

@@ -302,3 +302,25 @@ def test_a_pdf_lying_about_its_page_count_costs_one_log_line_not_one_per_page(tm
     lines = [r.getMessage() for r in caplog.records if "lies.pdf" in r.getMessage()]
     detail = "pages 4-5000 are not in the PDF's page tree (it claims 5000 pages and holds 3)"
     assert lines == [f"{pdf}: render_error: {detail}", f"{pdf} pages 4-5000: render_error: {detail}"]
+
+
+def test_a_run_stopped_before_out_exists_does_not_point_to_a_report(tmp_path, monkeypatch):
+    from ocrprune.errors import Interrupted
+
+    def stopped(*args, **kwargs):
+        raise Interrupted(15)  # SIGTERM while the inputs are being listed
+
+    monkeypatch.setattr(pipeline, "expand_inputs", stopped)
+    pdf = pdf_with_sizes(tmp_path / "doc.pdf", 1)
+    result = CliRunner().invoke(app, ["convert", str(pdf), "--out", str(tmp_path / "out"), *FAST])
+    assert result.exit_code == 143, result.output
+    assert "interrupted (SIGTERM)" in result.output
+    assert "outputs in" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_a_finished_run_points_to_its_report(tmp_path):
+    pdf = pdf_with_sizes(tmp_path / "doc.pdf", 1)
+    result = CliRunner().invoke(app, ["convert", str(pdf), "--out", str(tmp_path / "out"), *FAST, "--max-new-tokens", "4"])
+    assert result.exit_code in (0, 3), result.output
+    assert f"outputs in {tmp_path / 'out'}/ (report.json, pages.csv)" in result.output
+    assert (tmp_path / "out" / "report.json").is_file()

@@ -754,7 +754,7 @@ def _run_convert(config: RunConfig, quiet: bool, log_format: str) -> int:
 
     outcome = _guarded(progress, work)
     if not quiet and outcome.report is not None:
-        _print_summary(outcome.report, None if config.stdout else config.out, log_format)
+        _print_summary(outcome.report, config.out if outcome.report_written else None, log_format)
     return int(outcome.exit_code)
 
 

@@ -89,6 +89,7 @@ class RunOutcome:
     report: dict[str, Any] | None
     exit_code: ExitCode | int
     run_info: RunInfo | None = None
+    report_written: bool = False  # report.json and pages.csv are in --out (not after an early stop)
 
 
 @dataclass
@@ -624,9 +625,10 @@ class _Run:
         report = build_report(self.docs_out, summary, self.run_info, _peak_rss_mb(), self._peak_gpu_mb())
         report["run_id"] = self.run_id
         report.update(self._report_extra())
-        if self.emit is None and self.output_ready:
+        written = self.emit is None and self.output_ready
+        if written:
             files.write_run_report(config.out, _json(report), pages_csv(self.docs_out), self.run_id)
-        return RunOutcome(summary, self.docs_out, report, exit_code_for(summary), self.run_info)
+        return RunOutcome(summary, self.docs_out, report, exit_code_for(summary), self.run_info, written)
 
     def _provisional_info(self) -> RunInfo:
         """The run description before (or without) a loaded model: for documents that never

@@ -6,6 +6,9 @@ is imported and the model looked up (seconds to minutes), and after `--out` is c
 Here they cost a stat, a `find_spec` and at most one `dlopen`, and raise the same `OcrpruneError`
 subclasses (exit 5, exit 6) the later checks raise. Stdlib only: importing this module never
 imports torch. The later checks stay where they are; these only make the common mistakes fast.
+
+Not yet checked on a GPU (none was lent): on one, `python -c "from ocrprune.preflight import
+cuda_device_count; print(cuda_device_count())"` should print `(N, '')` with N >= 1.
 """
 
 from __future__ import annotations

@@ -548,8 +548,9 @@ class _Run:
                 files.clear_checkpoints(paths)
                 return state
             manifest = files.read_manifest(paths)
-            if manifest is not None and self._already_done(state, manifest):
-                self._record(_recorded_document(shown, rel, manifest))
+            recorded = self._already_done(state, manifest) if manifest is not None else None
+            if recorded is not None:
+                self._record(recorded)
                 log.debug("skipping %s: already done with the same options", shown)
                 return None
             self._load_reuse(state)
@@ -559,11 +560,12 @@ class _Run:
             return None
         return state
 
-    def _already_done(self, state: _DocState, manifest: dict[str, Any]) -> bool:
-        """Skip the document? Its manifest matches the key and its outputs are intact, and every
-        recorded page stands under this run's token cap (see `resume.page_reusable`); with
-        `--retry-failed`, only if every page is `ok`. Manifests of 0.1.0, whose key held the cap,
-        count when the cap is unchanged."""
+    def _already_done(self, state: _DocState, manifest: dict[str, Any]) -> DocResult | None:
+        """The document as its manifest recorded it if it is to be skipped, else None. Skipped
+        when the manifest matches the key and its outputs are intact, and every recorded page
+        stands under this run's token cap (see `resume.page_reusable`); with `--retry-failed`,
+        only if every page is `ok`. Manifests of 0.1.0, whose key held the cap, count when the
+        cap is unchanged."""
         assert state.paths is not None
         formats, retry = self.config.formats, self.config.retry_failed
         if files.is_done(state.paths, state.key, formats, manifest):
@@ -576,8 +578,9 @@ class _Run:
             legacy = files.manifest_key(state.digest, self.legacy_options, self.config.model.model, self.revision)
             pages_stand = files.is_done(state.paths, legacy, formats, manifest)
         if not pages_stand:
-            return False
-        return not (retry and not _recorded_document(state.shown, state.rel, manifest).ok)
+            return None
+        recorded = _recorded_document(state.shown, state.rel, manifest)
+        return None if retry and not recorded.ok else recorded
 
     def _load_reuse(self, state: _DocState) -> None:
         """Take the pages an earlier (interrupted, capped or partly failed) run checkpointed for

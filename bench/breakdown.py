@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     from ocrprune.config import GenerationSettings, PruneConfig
-    from ocrprune.runtime.engine import Engine
+    from ocrprune.runtime.hf.engine import Engine
 
     device, dtype, modes = model_settings(args)
     tokens = args.tokens or (4 if args.quick else 32)

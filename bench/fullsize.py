@@ -112,7 +112,7 @@ def model_settings(args: argparse.Namespace) -> tuple[torch.device, torch.dtype,
 
 def official_config(quick: bool) -> tuple[Any, str]:
     """The native config (and where its numbers came from); `quick` shrinks it to toy widths."""
-    from ocrprune.runtime.loading import native_config
+    from ocrprune.runtime.hf.loading import native_config
 
     if SHARED_CONFIG.exists():
         raw, source = (
@@ -216,7 +216,7 @@ class PageBlock:
 def page_blocks(pages: Sequence[Any], mode: str, hidden: int, seed: int = 0) -> list[PageBlock]:
     """Structured feature blocks (see the module docstring), fp32 on the CPU."""
     from ocrprune import rtprune
-    from ocrprune.runtime.preprocess import image_processor_for, preprocess
+    from ocrprune.runtime.hf.preprocess import image_processor_for, preprocess
 
     vision = preprocess(list(pages), mode, image_processor_for(mode))
     generator = torch.Generator().manual_seed(seed)
@@ -436,8 +436,8 @@ def loaded_model(device: torch.device, dtype: torch.dtype, quick: bool) -> tuple
     tokenizer when `../shared/deepseek-ocr/` has it (else the tiny tokenizer, so prompts are longer).
     """
     from ocrprune.config import ModelConfig
-    from ocrprune.runtime.loading import LoadedModel, load_model, load_tokenizer
-    from ocrprune.runtime.tiny import build_tiny_tokenizer
+    from ocrprune.runtime.hf.loading import LoadedModel, load_model, load_tokenizer
+    from ocrprune.runtime.hf.tiny import build_tiny_tokenizer
 
     if quick:
         loaded = load_model(

@@ -109,7 +109,7 @@ class StandInLLM:
 
 def hf_runner(loaded: Any, mode: str, tokens: int) -> Any:
     from ocrprune.config import GenerationSettings, PruneConfig
-    from ocrprune.runtime.engine import Engine
+    from ocrprune.runtime.hf.engine import Engine
 
     settings = GenerationSettings(mode=mode, max_new_tokens=tokens)
     return lambda keep: Engine(loaded, settings, PruneConfig(keep=keep))
@@ -119,8 +119,8 @@ def vllm_runner(
     loaded: Any, mode: str, tokens: int, quick: bool, model_dir: Path, utilization: float
 ) -> Any:
     from ocrprune.config import GenerationSettings, PruneConfig
-    from ocrprune.runtime.engine import Engine
-    from ocrprune.runtime.vllm_engine import VllmEngine, import_vllm, ngram_processor
+    from ocrprune.runtime.hf.engine import Engine
+    from ocrprune.runtime.vllm.engine import VllmEngine, import_vllm, ngram_processor
 
     settings = GenerationSettings(mode=mode, max_new_tokens=tokens)
     if quick:
@@ -156,7 +156,7 @@ def vllm_runner(
 
 def measure(engine: Any, pages: list[Any], device: torch.device) -> dict[str, Any]:
     """Wall time of the shared batch driver running all `pages` as one batch on `engine`."""
-    from ocrprune.batching import BatchFailure, run_split
+    from ocrprune.run.batching import BatchFailure, run_split
 
     calls: list[int] = []
     outputs: list[Any] = []

@@ -3,7 +3,7 @@
 Writes the full-size DeepSeek-OCR architecture with random weights (`fullsize.build_model`, 3.3 B
 parameters, 6.7 GB in bf16) to a temporary folder in the official hub layout (one safetensors file
 with the original key names, the official `config.json`, a tokenizer), then loads it with
-`ocrprune.runtime.loading.load_model` on the CPU, once per dtype, each in a fresh child process, and
+`ocrprune.runtime.hf.loading.load_model` on the CPU, once per dtype, each in a fresh child process, and
 reads the child's own peak resident set size (`VmHWM`, which counts touched pages of a memory-mapped
 file too; `wait4`'s figure is kept as a cross-check). Target: peak RSS at most
 1.2 x the loaded weights' bytes + 1.5 GB (the interpreter, torch and transformers take 0.75 GB
@@ -41,7 +41,7 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch, transformers  # imports first, so their memory is reported on its own
 from ocrprune.config import ModelConfig
-from ocrprune.runtime.loading import load_model
+from ocrprune.runtime.hf.loading import load_model
 def high_water():
     # This process's own peak resident set (VmHWM), reset at exec; ru_maxrss would start from the
     # parent's size at fork time.
@@ -71,7 +71,7 @@ def write_checkpoint(folder: Path, quick: bool) -> dict[str, Any]:
     import torch
     from fullsize import SHARED_CONFIG, build_model
 
-    from ocrprune.runtime.tiny import build_tiny_random
+    from ocrprune.runtime.hf.tiny import build_tiny_random
 
     model, source = build_model(torch.device("cpu"), torch.bfloat16, quick=quick)
     model.save_pretrained(folder, max_shard_size="20GB")  # one file, as the official repository

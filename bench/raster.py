@@ -75,7 +75,7 @@ def boundary(pdfs: list[Path], repeats: int, guard: Guard) -> tuple[dict[str, li
     from ocrprune.config import RasterConfig
     from ocrprune.inputs import Document
     from ocrprune.raster import open_document
-    from ocrprune.raster_worker import RenderWorker, page_from_reply
+    from ocrprune.raster.worker import RenderWorker, page_from_reply
 
     cfg = RasterConfig(dpi=DPI)
     worker = RenderWorker(threading.Event())

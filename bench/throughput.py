@@ -1,6 +1,6 @@
 """End-to-end throughput of the conversion pipeline: pages/s at keep 1.0 vs keep 0.4.
 
-Runs `ocrprune.pipeline.run` (what `ocrprune convert` runs after parsing flags: streaming raster,
+Runs `ocrprune.run.local.run` (what `ocrprune convert` runs after parsing flags: streaming raster,
 batching, engine, post-processing, atomic writers, run report) over a folder of generated PDFs. The
 model is loaded once and shared by both settings; end-of-sequence is banned so every page
 generates exactly `--tokens` tokens and both settings do the same decoding work. Settings alternate
@@ -56,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--repeats", type=int, default=None, help="timed runs per setting (default 3)")
     args = p.parse_args(argv)
-    from ocrprune import __version__, pipeline
+    import ocrprune.run as runner
+    from ocrprune import __version__
     from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig, RunConfig, keep_label
     from ocrprune.records import RunInfo
-    from ocrprune.runtime.engine import Engine
+    from ocrprune.runtime.hf.engine import Engine
 
     logging.getLogger("ocrprune").setLevel(
         logging.ERROR
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 force=True,
             )
             begin = time.perf_counter()
-            outcome = pipeline.run(
+            outcome = runner.run(
                 config, engine_factory=lambda: (Engine(loaded, settings, prune), info, batch)
             )
             wall = time.perf_counter() - begin
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": dtype_name(dtype),
         "model": described,
         "mode": args.mode,
-        "timed": "wall time of pipeline.run over the folder (rendering, preprocessing, model, post-processing, writing); "
+        "timed": "wall time of runner.run over the folder (rendering, preprocessing, model, post-processing, writing); "
         "model loading excluded; stage columns are the run report's per-page means",
         "contention": guard.record(),
         "wall_s": round(time.time() - started, 1),

@@ -100,7 +100,7 @@ def draw_page(size: tuple[int, int] = (620, 877), lines: int = 12, seed: int = 0
 @pytest.fixture(scope="session")
 def tiny_loaded():
     from ocrprune.config import ModelConfig
-    from ocrprune.runtime.loading import load_model
+    from ocrprune.runtime.hf.loading import load_model
 
     return load_model(ModelConfig(model="tiny-random", device="cpu"))
 
@@ -148,7 +148,7 @@ def official_config_for(model) -> dict:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, shared_model):
     """(folder, model) — the tiny model saved as the hub repository lays DeepSeek-OCR out."""
-    from ocrprune.runtime.tiny import build_tiny_random
+    from ocrprune.runtime.hf.tiny import build_tiny_random
 
     folder = tmp_path_factory.mktemp("tiny-official")
     model, tokenizer = build_tiny_random(seed=1)

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from ocrprune import rtprune
-from ocrprune.rtprune import ImageLayout
-
+from ocrprune.models.deepseek_ocr_v1 import ImageLayout
 
 # ---- slow references, written with plain loops --------------------------------------------------
 

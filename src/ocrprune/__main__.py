@@ -1,5 +1,5 @@
 """`python -m ocrprune` runs the command line."""
 
-from .cli import main
+from ocrprune.cli import main
 
 main()

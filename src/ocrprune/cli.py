@@ -22,8 +22,8 @@ from typing import Annotated, Literal, Optional, TextIO, TypeVar
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import __version__
-from .config import (
+from ocrprune import __version__
+from ocrprune.config import (
     DEFAULT_MODEL,
     DEFAULT_RAY_TIMEOUT,
     DEFAULT_RENDER_TIMEOUT,
@@ -41,8 +41,8 @@ from .config import (
     parse_keep,
     resolve_prompt,
 )
-from .console import ProgressView, errors_logged, setup_logging
-from .errors import EXIT_CODE_TABLE, ExitCode, OcrpruneError
+from ocrprune.console import ProgressView, errors_logged, setup_logging
+from ocrprune.errors import EXIT_CODE_TABLE, ExitCode, OcrpruneError
 
 LogFormat = Literal["text", "json"]
 PASSWORD_ENV = "OCRPRUNE_PASSWORD"
@@ -723,7 +723,7 @@ def _guarded(progress: ProgressView | None, work: Callable[[], T]) -> T:
 def _preflight(model: ModelConfig, engine: str, out: Path | None, on_ray: bool = False) -> None:
     """The cheap environment checks (`preflight.check_run`), before torch, the model or `--out`:
     a failure is one line and its exit code, in well under a second."""
-    from .preflight import check_run
+    from ocrprune.preflight import check_run
 
     _guarded(
         None,
@@ -741,16 +741,16 @@ def _run_convert(config: RunConfig, quiet: bool, log_format: str) -> int:
         None if config.stdout else config.out,
         on_ray=config.ray is not None,
     )
-    from . import pipeline
+    import ocrprune.run as runner
 
     progress = ProgressView(enabled=not quiet, bar=log_format == "text")
     stdin = sys.stdin if "-" in config.inputs else None
 
-    def work() -> "pipeline.RunOutcome":
+    def work() -> "runner.RunOutcome":
         if config.stdout:
             with protected_stdout() as emit:
-                return pipeline.run(config, progress=progress, stdin=stdin, emit=emit)
-        return pipeline.run(config, progress=progress, stdin=stdin)
+                return runner.run(config, progress=progress, stdin=stdin, emit=emit)
+        return runner.run(config, progress=progress, stdin=stdin)
 
     outcome = _guarded(progress, work)
     if not quiet and outcome.report is not None:
@@ -764,7 +764,7 @@ def _print_summary(report: dict[str, object], out: Path | None, log_format: str)
         fields = dict(report) | ({"outputs": str(out)} if out is not None else {})
         log.info("summary", extra={"event": "summary", "fields": fields})
         return
-    from .report import render_summary
+    from ocrprune.report import render_summary
 
     sys.stderr.write(render_summary(report))
     if out is not None:
@@ -772,7 +772,7 @@ def _print_summary(report: dict[str, object], out: Path | None, log_format: str)
 
 
 def _keeps_callback(value: str) -> str:
-    from .sweep import parse_keeps
+    from ocrprune.sweep.run import parse_keeps
 
     try:
         parse_keeps(value)
@@ -831,7 +831,7 @@ def sweep(
 ) -> None:
     """Run documents unpruned and at each keep setting; report speedup and fidelity, and
     recommend a keep."""
-    from .sweep import SweepConfig, parse_keeps, render_sweep_table, run_sweep
+    from ocrprune.sweep.run import SweepConfig, parse_keeps, render_sweep_table, run_sweep
 
     secret, secret_source = resolve_password(password, password_file)
     setup_logging(-1 if quiet else (1 if verbose else 0), log_format)

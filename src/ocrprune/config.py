@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .errors import password_problem
-from .models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1, ModeSpec
+from ocrprune.errors import password_problem
+from ocrprune.models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1, ModeSpec
 
 # The model's facts live in its spec (models/deepseek_ocr_v1.py); these names stay for callers.
 DEFAULT_MODEL = DEEPSEEK_OCR_V1.hub_id

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from .names import escape_name
+from ocrprune.names import escape_name
 
 
 class ExitCode(IntEnum):

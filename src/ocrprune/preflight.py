@@ -19,9 +19,9 @@ import os
 import sys
 from pathlib import Path
 
-from .config import TINY_RANDOM
-from .errors import DependencyError, DeviceError, ModelLoadError, OutputError
-from .names import escape_name
+from ocrprune.config import TINY_RANDOM
+from ocrprune.errors import DependencyError, DeviceError, ModelLoadError, OutputError
+from ocrprune.names import escape_name
 
 VLLM_HINT = "pip install 'ocrprune[vllm]'"
 _DRIVER_LIBRARIES = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")

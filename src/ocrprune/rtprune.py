@@ -24,8 +24,6 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 
-from .models.deepseek_ocr_v1 import ImageLayout  # noqa: F401 - the v1 layout, importable here as before
-
 Keep = float | Literal["auto"]
 Method = Literal["rtprune", "norm", "random"]
 METHODS: tuple[str, ...] = ("rtprune", "norm", "random")

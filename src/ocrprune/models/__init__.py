@@ -1,5 +1,5 @@
 """Model specs: everything the runtime knows about one model family, in one place."""
 
-from .deepseek_ocr_v1 import DEEPSEEK_OCR_V1, ModelSpec
+from ocrprune.models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1, ModelSpec
 
 __all__ = ["DEEPSEEK_OCR_V1", "ModelSpec"]

@@ -95,7 +95,7 @@ class ImageLayout:
 
     def token_layout(self) -> Any:
         """The plain layout RTPrune prunes by (`rtprune.TokenLayout`); imports torch lazily."""
-        from ..rtprune import TokenLayout
+        from ocrprune.rtprune import TokenLayout
 
         return TokenLayout(
             length=self.length,
@@ -263,8 +263,8 @@ DEEPSEEK_OCR_V1 = ModelSpec(
     processor=ProcessorSettings(),
     memory=MemoryEstimate(),
     max_positions=8192,
-    config_converter="ocrprune.runtime.loading:native_config",
-    tiny_builder="ocrprune.runtime.tiny:build_tiny_random",
+    config_converter="ocrprune.runtime.hf.loading:native_config",
+    tiny_builder="ocrprune.runtime.hf.tiny:build_tiny_random",
     unused_checkpoint_tensors=MappingProxyType(
         {
             # CLIP's own patch convolution: DeepSeek-OCR feeds CLIP the SAM features instead of

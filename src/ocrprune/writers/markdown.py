@@ -20,7 +20,7 @@ import re
 from ocrprune.records import DocResult, PageResult
 
 DEFAULT_PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
-# Must equal ocrprune.postprocess.IMAGE_DIR_PLACEHOLDER (a test checks it); repeated here so the
+# Must equal ocrprune.postprocess.grounding.IMAGE_DIR_PLACEHOLDER (a test checks it); repeated here so the
 # writers do not import PIL.
 IMAGE_DIR_PLACEHOLDER = "<<IMGDIR>>"
 

@@ -250,8 +250,8 @@ class FailingEngine(BackendBase):
 
 
 def run_with(tmp_path, engine, inputs, batch=4, fail_fast=False):
-    from ocrprune.runtime.hf.engine import Engine
     from ocrprune.runtime.hf.backend import run_info_for
+    from ocrprune.runtime.hf.engine import Engine
     from ocrprune.runtime.hf.loading import load_model
 
     config = RunConfig(

@@ -28,8 +28,8 @@ from docgen import build_pdf, make_pdf
 from test_render_limits import _stream, nested_forms
 
 import ocrprune.run as runner
-from ocrprune.run.local import Run
 from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig, RasterConfig, RunConfig
+from ocrprune.run.local import Run
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 TESTS = Path(__file__).resolve().parents[1]

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from test_contract import ScriptedEngine, pdf_with_sizes, run_scripted, statuses
 
-import ocrprune.run as runner
 import ocrprune.run.local as local
 
 

@@ -19,13 +19,13 @@ from docgen import make_pdf
 from typer.testing import CliRunner
 
 import ocrprune.run as runner
-from ocrprune.run.document import PlannedDoc
-from ocrprune.run.local import DocConverter
 from ocrprune.cli import app
 from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig, RunConfig
 from ocrprune.errors import InputError, ModelLoadError
 from ocrprune.inputs import Document
 from ocrprune.records import DocResult, KeepInfo, PageResult, RunInfo, Timings, TokenCounts
+from ocrprune.run.document import PlannedDoc
+from ocrprune.run.local import DocConverter
 from ocrprune.runtime.api import BackendBase
 from ocrprune.writers import files
 

@@ -24,8 +24,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from docgen import build_pdf, make_pdf
-from test_render_limits import _stream, nested_forms
+from docgen import build_pdf, make_pdf, nested_forms, pdf_stream
 
 import ocrprune.run as runner
 from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig, RasterConfig, RunConfig
@@ -147,8 +146,8 @@ def make_slow_middle_pdf(path: Path) -> Path:
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 300] /Contents 7 0 R "
         b"/Resources << /XObject << /X 8 0 R >> >> >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 300] /Contents 6 0 R >>",
-        _stream(b"0 0 0 RG 10 10 m 190 290 l S"),
-        _stream(b"/X Do"),
+        pdf_stream(b"0 0 0 RG 10 10 m 190 290 l S"),
+        pdf_stream(b"/X Do"),
     ]
     objects.extend(nested_forms(first=8))
     path.write_bytes(build_pdf(objects))
@@ -165,8 +164,8 @@ def make_bad_flate_pdf(path: Path) -> Path:
         b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 300] /Contents 5 0 R %s >>" % font,
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 300] /Contents 6 0 R %s >>" % font,
-        _stream(good, b"/Filter /FlateDecode"),
-        _stream(b"this is not zlib data at all", b"/Filter /FlateDecode"),
+        pdf_stream(good, b"/Filter /FlateDecode"),
+        pdf_stream(b"this is not zlib data at all", b"/Filter /FlateDecode"),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
     path.write_bytes(build_pdf(objects))
@@ -248,7 +247,7 @@ def _no_torch_for_the_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
 def run_pages(
     tmp_path: Path, names: list[str], pages: tuple[tuple[int, int], ...]
 ) -> runner.RunOutcome:
-    from test_contract import INFO, ScriptedEngine
+    from scripted import INFO, ScriptedEngine
 
     config = RunConfig(
         inputs=tuple(names),

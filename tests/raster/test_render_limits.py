@@ -18,7 +18,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 import pytest
-from docgen import build_pdf, make_pdf
+from docgen import build_pdf, make_lying_pdf, make_pdf, make_slow_pdf
 from PIL import Image
 
 from ocrprune.config import RasterConfig
@@ -39,61 +39,6 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 # --- PDFs built byte by byte ----------------------------------------------------------------------
-
-
-def _stream(data: bytes, extra: bytes = b"") -> bytes:
-    return b"<< %s /Length %d >>\nstream\n%s\nendstream" % (extra, len(data), data)
-
-
-def make_lying_pdf(path: Path, claimed: int, real: int = 3) -> Path:
-    """`real` pages of 200 x 300 pt (text "page n"), in a page tree whose /Count says `claimed`."""
-    kids = b" ".join(b"%d 0 R" % (3 + i) for i in range(real))
-    font = 3 + 2 * real
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, claimed),
-    ]
-    for i in range(real):
-        objects.append(
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 300] /Contents %d 0 R "
-            b"/Resources << /Font << /F1 %d 0 R >> >> >>" % (3 + real + i, font)
-        )
-    for i in range(real):
-        objects.append(_stream(b"BT /F1 12 Tf 20 260 Td (page %d) Tj ET" % (i + 1)))
-    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    path.write_bytes(build_pdf(objects))
-    return path
-
-
-def make_slow_pdf(path: Path, depth: int = 6, fan: int = 10) -> Path:
-    """Page 1 draws a form that draws the next `fan` times, `depth` levels deep (fan**depth
-    strokes); page 2 is one line. Both pages are 200 x 300 pt."""
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 300] /Contents 5 0 R "
-        b"/Resources << /XObject << /X 7 0 R >> >> >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 300] /Contents 6 0 R >>",
-        _stream(b"/X Do"),
-        _stream(b"0 0 0 RG 10 10 m 190 290 l S"),
-    ]
-    objects.extend(nested_forms(first=7, depth=depth, fan=fan))
-    path.write_bytes(build_pdf(objects))
-    return path
-
-
-def nested_forms(first: int, depth: int = 6, fan: int = 10) -> list[bytes]:
-    """Form XObjects numbered from `first`: each draws the next `fan` times, `depth` levels deep
-    (fan**depth strokes in all: slow to render on purpose)."""
-    forms = []
-    for level in range(depth):
-        if level < depth - 1:
-            body = b" ".join(b"q 1 0 0 1 %d 0 cm /X Do Q" % (i % 3) for i in range(fan))
-            resources = b"/Resources << /XObject << /X %d 0 R >> >>" % (first + level + 1)
-        else:
-            body, resources = b"0.5 w 10 10 m 190 290 l 190 10 l h S", b""
-        forms.append(_stream(body, b"/Type /XObject /Subtype /Form /BBox [0 0 200 300] " + resources))
-    return forms
 
 
 def doc_at(path: Path, kind: str = "pdf", display: str | None = None) -> Document:

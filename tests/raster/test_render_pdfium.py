@@ -10,8 +10,14 @@ import sys
 from pathlib import Path, PurePosixPath
 
 import pytest
-from docgen import make_encrypted_pdf, make_garbage_pdf, make_pdf, make_zero_page_pdf
-from test_render_limits import make_lying_pdf, summary
+from docgen import (
+    make_encrypted_pdf,
+    make_garbage_pdf,
+    make_lying_pdf,
+    make_pdf,
+    make_zero_page_pdf,
+)
+from test_render_limits import summary
 
 from ocrprune.config import RasterConfig
 from ocrprune.errors import DependencyError, ExitCode, InputError

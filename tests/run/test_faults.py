@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from test_contract import ScriptedEngine, pdf_with_sizes, run_scripted, statuses
+from scripted import ScriptedEngine, pdf_with_sizes, run_scripted, statuses
 
 import ocrprune.run.local as local
 
@@ -109,7 +109,7 @@ def test_every_input_is_accounted_for_even_if_the_stream_drops_a_document(tmp_pa
 
 
 def test_a_pdf_claiming_100000_pages_writes_its_real_pages_and_marks_the_rest(tmp_path):
-    from test_render_limits import make_lying_pdf
+    from docgen import make_lying_pdf
 
     pdf = make_lying_pdf(tmp_path / "lies.pdf", claimed=100_000)
     outcome = run_scripted(tmp_path, [pdf], ScriptedEngine())

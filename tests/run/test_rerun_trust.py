@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from test_contract import FAST, INFO, ScriptedEngine, pdf_with_sizes, statuses
+from scripted import FAST, INFO, ScriptedEngine, pdf_with_sizes, statuses
 from typer.testing import CliRunner
 
 import ocrprune.run as runner
+import ocrprune.run.local as local
 from ocrprune.cli import app
 from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig, RasterConfig, RunConfig
 from ocrprune.writers import files
@@ -293,7 +294,7 @@ def test_stdout_with_one_failing_input_prints_the_same_form(tmp_path, make):
 
 
 def test_a_pdf_lying_about_its_page_count_costs_one_log_line_not_one_per_page(tmp_path, caplog):
-    from test_render_limits import make_lying_pdf
+    from docgen import make_lying_pdf
 
     pdf = make_lying_pdf(tmp_path / "lies.pdf", claimed=5_000)
     with caplog.at_level("ERROR", logger="ocrprune"):
@@ -310,7 +311,7 @@ def test_a_run_stopped_before_out_exists_does_not_point_to_a_report(tmp_path, mo
     def stopped(*args, **kwargs):
         raise Interrupted(15)  # SIGTERM while the inputs are being listed
 
-    monkeypatch.setattr(runner, "expand_inputs", stopped)
+    monkeypatch.setattr(local, "expand_inputs", stopped)
     pdf = pdf_with_sizes(tmp_path / "doc.pdf", 1)
     result = CliRunner().invoke(app, ["convert", str(pdf), "--out", str(tmp_path / "out"), *FAST])
     assert result.exit_code == 143, result.output

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from docgen import make_pdf
-from test_contract import ScriptedEngine, pdf_with_sizes, run_scripted
+from scripted import ScriptedEngine, pdf_with_sizes, run_scripted
 from typer.testing import CliRunner
 
 from ocrprune.cli import app

@@ -17,7 +17,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Literal, Optional, TextIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, Optional, TextIO, TypeVar, cast
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -31,6 +31,7 @@ from ocrprune.config import (
     DeviceName,
     DtypeName,
     GenerationSettings,
+    Keep,
     ModelConfig,
     ModeName,
     PruneConfig,
@@ -43,6 +44,9 @@ from ocrprune.config import (
 )
 from ocrprune.console import ProgressView, errors_logged, setup_logging
 from ocrprune.errors import EXIT_CODE_TABLE, ExitCode, OcrpruneError
+
+if TYPE_CHECKING:
+    from ocrprune.sweep.report import SweepReport
 
 LogFormat = Literal["text", "json"]
 PASSWORD_ENV = "OCRPRUNE_PASSWORD"
@@ -170,12 +174,22 @@ app = typer.Typer(
 log = logging.getLogger("ocrprune")
 
 
-def _keep_callback(value: str) -> str:
+def _keep_callback(value: str) -> Keep:
+    """`--keep` of convert, parsed once: the command receives the typed keep, not the text."""
     try:
-        parse_keep(value)
+        return parse_keep(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    return value
+
+
+def _keeps_callback(value: str) -> tuple[Keep, ...]:
+    """`--keep` of sweep, parsed once: the command receives the typed keeps, not the text."""
+    from ocrprune.sweep.run import parse_keeps
+
+    try:
+        return parse_keeps(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _prompt_callback(value: str) -> str:
@@ -373,6 +387,161 @@ LogFormatOpt = Annotated[
     typer.Option(help="text, or json: every stderr line one JSON object, the summary included."),
 ]
 
+# Options of `convert` alone.
+ConvertInputsArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="PDFs, images, folders (recursive), quoted globs, @list.txt, "
+        "or - for paths on stdin.",
+        show_default=False,
+        metavar="INPUT",
+    ),
+]
+ConvertOutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        "-o",
+        envvar="OCRPRUNE_OUT",
+        show_envvar=True,
+        metavar="DIR",
+        help="Output folder (mirrors the input tree).",
+    ),
+]
+BaseOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        exists=True,
+        file_okay=False,
+        metavar="DIR",
+        show_default="the current folder",
+        help="Output paths are the inputs' paths relative to DIR, "
+        "the same whatever else is in the run.",
+    ),
+]
+# Declared as text for Click; `_keep_callback` hands the command the parsed `Keep`.
+KeepOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="OCRPRUNE_KEEP",
+        show_envvar=True,
+        metavar="auto|FRACTION",
+        help="Visual tokens to keep: 'auto' (RTPrune's per-page ratio) "
+        "or a fraction in (0, 1]; 1 = no pruning.",
+        callback=_keep_callback,
+    ),
+]
+ConvertBatchSizeOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        min=1,
+        envvar="OCRPRUNE_BATCH_SIZE",
+        show_envvar=True,
+        help="Pages per GPU batch (default: from free memory and mode).",
+    ),
+]
+PageTimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option(min=0.1, help="Seconds of generation per batch before pages time out."),
+]
+NullOpt = Annotated[
+    bool,
+    typer.Option(
+        "--null",
+        "-0",
+        help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` writes them.",
+    ),
+]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        metavar="md,json",
+        help="Output files: md, json or both.",
+        callback=_formats_callback,
+    ),
+]
+PageSeparatorOpt = Annotated[
+    str,
+    typer.Option(
+        metavar="TEXT",
+        show_default=r"\n\n<--- Page Split --->\n\n",
+        help="Text between pages in Markdown.",
+    ),
+]
+StdoutOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stdout",
+        help="Write Markdown (one input) or JSON Lines (one line per page) to stdout.",
+    ),
+]
+ForceOpt = Annotated[
+    bool, typer.Option(help="Redo documents already converted with the same options.")
+]
+RetryFailedOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Redo only the pages that failed or were capped in earlier runs; "
+        "finished pages are kept."
+    ),
+]
+FailFastOpt = Annotated[bool, typer.Option(help="Stop at the first failure.")]
+RayOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray",
+        metavar="[ADDRESS]",
+        show_default=False,
+        help="Convert on Ray, one worker per GPU (pip install 'ocrprune[ray]'): alone for a "
+        "local Ray, or auto, HOST:PORT, ray://HOST:PORT to join a cluster. --out must be on "
+        "a filesystem every worker sees. Put it after the inputs, or write --ray=ADDRESS.",
+    ),
+]
+GpusOpt = Annotated[
+    Optional[int],
+    typer.Option(min=1, help="With --ray: how many GPU workers (default: the cluster's GPUs)."),
+]
+RayTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.1,
+        metavar="SECONDS",
+        envvar="OCRPRUNE_RAY_TIMEOUT",
+        show_envvar=True,
+        help="With --ray: give up reaching (or starting) the cluster after this long, exit 5, "
+        "before --out is created or locked.",
+    ),
+]
+
+# Options of `sweep` alone.
+SweepInputsArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="Documents to measure (same forms as for convert).",
+        show_default=False,
+        metavar="INPUT",
+    ),
+]
+SweepOutOpt = Annotated[
+    Path, typer.Option("--out", "-o", help="Folder for sweep.json and sweep.png.")
+]
+# Declared as text for Click; `_keeps_callback` hands the command the parsed keeps.
+KeepsOpt = Annotated[
+    str,
+    typer.Option(
+        help="Comma-separated keep settings to compare with the unpruned run.",
+        callback=_keeps_callback,
+    ),
+]
+ThresholdOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0, max=1.0, help="Fidelity the recommended keep must reach (1 - edit distance)."
+    ),
+]
+SweepBatchSizeOpt = Annotated[int, typer.Option(min=1, help="Pages per batch.")]
+
 
 class StdoutClosed(BaseException):
     """The reader of `--stdout` went away (`| head`): stop the run quietly, as a pipe producer does.
@@ -478,48 +647,10 @@ class _ConvertCommand(TyperCommand):
 
 @app.command(cls=_ConvertCommand, epilog=CONVERT_EXAMPLES + "\n" + EXIT_CODES_HELP)
 def convert(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            help="PDFs, images, folders (recursive), quoted globs, @list.txt, "
-            "or - for paths on stdin.",
-            show_default=False,
-            metavar="INPUT",
-        ),
-    ],
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            "-o",
-            envvar="OCRPRUNE_OUT",
-            show_envvar=True,
-            metavar="DIR",
-            help="Output folder (mirrors the input tree).",
-        ),
-    ] = Path("ocrprune-out"),
-    base: Annotated[
-        Optional[Path],
-        typer.Option(
-            exists=True,
-            file_okay=False,
-            metavar="DIR",
-            show_default="the current folder",
-            help="Output paths are the inputs' paths relative to DIR, "
-            "the same whatever else is in the run.",
-        ),
-    ] = None,
-    keep: Annotated[
-        str,
-        typer.Option(
-            envvar="OCRPRUNE_KEEP",
-            show_envvar=True,
-            metavar="auto|FRACTION",
-            help="Visual tokens to keep: 'auto' (RTPrune's per-page ratio) "
-            "or a fraction in (0, 1]; 1 = no pruning.",
-            callback=_keep_callback,
-        ),
-    ] = "auto",
+    inputs: ConvertInputsArg,
+    out: ConvertOutOpt = Path("ocrprune-out"),
+    base: BaseOpt = None,
+    keep: KeepOpt = "auto",
     prune_method: PruneMethodOpt = "rtprune",
     mode: ModeOpt = "gundam",
     prompt: PromptOpt = "markdown",
@@ -528,20 +659,9 @@ def convert(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     engine: EngineOpt = "hf",
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1,
-            envvar="OCRPRUNE_BATCH_SIZE",
-            show_envvar=True,
-            help="Pages per GPU batch (default: from free memory and mode).",
-        ),
-    ] = None,
+    batch_size: ConvertBatchSizeOpt = None,
     max_new_tokens: MaxNewTokensOpt = 8192,
-    page_timeout: Annotated[
-        Optional[float],
-        typer.Option(min=0.1, help="Seconds of generation per batch before pages time out."),
-    ] = None,
+    page_timeout: PageTimeoutOpt = None,
     dpi: DpiOpt = 144,
     pages: PagesOpt = None,
     password: PasswordOpt = None,
@@ -549,81 +669,63 @@ def convert(
     render_timeout: RenderTimeoutOpt = DEFAULT_RENDER_TIMEOUT,
     renderer: RendererOpt = "mupdf",
     glob: GlobOpt = None,
-    null: Annotated[
-        bool,
-        typer.Option(
-            "--null",
-            "-0",
-            help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` writes them.",
-        ),
-    ] = False,
-    format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            metavar="md,json",
-            help="Output files: md, json or both.",
-            callback=_formats_callback,
-        ),
-    ] = "md,json",
-    page_separator: Annotated[
-        str,
-        typer.Option(
-            metavar="TEXT",
-            show_default=r"\n\n<--- Page Split --->\n\n",
-            help="Text between pages in Markdown.",
-        ),
-    ] = "\n\n<--- Page Split --->\n\n",
-    stdout: Annotated[
-        bool,
-        typer.Option(
-            "--stdout",
-            help="Write Markdown (one input) or JSON Lines (one line per page) to stdout.",
-        ),
-    ] = False,
-    force: Annotated[
-        bool, typer.Option(help="Redo documents already converted with the same options.")
-    ] = False,
-    retry_failed: Annotated[
-        bool,
-        typer.Option(
-            help="Redo only the pages that failed or were capped in earlier runs; "
-            "finished pages are kept."
-        ),
-    ] = False,
-    fail_fast: Annotated[bool, typer.Option(help="Stop at the first failure.")] = False,
-    ray: Annotated[
-        Optional[str],
-        typer.Option(
-            "--ray",
-            metavar="[ADDRESS]",
-            show_default=False,
-            help="Convert on Ray, one worker per GPU (pip install 'ocrprune[ray]'): alone for a "
-            "local Ray, or auto, HOST:PORT, ray://HOST:PORT to join a cluster. --out must be on "
-            "a filesystem every worker sees. Put it after the inputs, or write --ray=ADDRESS.",
-        ),
-    ] = None,
-    gpus: Annotated[
-        Optional[int],
-        typer.Option(min=1, help="With --ray: how many GPU workers (default: the cluster's GPUs)."),
-    ] = None,
-    ray_timeout: Annotated[
-        float,
-        typer.Option(
-            min=0.1,
-            metavar="SECONDS",
-            envvar="OCRPRUNE_RAY_TIMEOUT",
-            show_envvar=True,
-            help="With --ray: give up reaching (or starting) the cluster after this long, exit 5, "
-            "before --out is created or locked.",
-        ),
-    ] = DEFAULT_RAY_TIMEOUT,
+    null: NullOpt = False,
+    format: FormatOpt = "md,json",
+    page_separator: PageSeparatorOpt = "\n\n<--- Page Split --->\n\n",
+    stdout: StdoutOpt = False,
+    force: ForceOpt = False,
+    retry_failed: RetryFailedOpt = False,
+    fail_fast: FailFastOpt = False,
+    ray: RayOpt = None,
+    gpus: GpusOpt = None,
+    ray_timeout: RayTimeoutOpt = DEFAULT_RAY_TIMEOUT,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     log_format: LogFormatOpt = "text",
 ) -> None:
     """Convert documents to Markdown and JSON, with a per-page timing and token report."""
+    ray_address = check_convert_flags(inputs, null=null, ray=ray, gpus=gpus, stdout=stdout)
+    raster = raster_config(
+        dpi=dpi,
+        pages=pages,
+        password=password,
+        password_file=password_file,
+        render_timeout=render_timeout,
+        renderer=renderer,
+    )
+    start_logging(quiet, verbose, log_format)
+    config = RunConfig(
+        inputs=tuple(inputs),
+        out=out,
+        model=model_config(model, revision, device, dtype, seed),
+        # The callback already parsed `--keep`: `keep` holds the typed value.
+        prune=PruneConfig(keep=cast(Keep, keep), method=prune_method, seed=seed),
+        generation=generation_settings(mode, prompt, max_new_tokens, page_timeout),
+        raster=raster,
+        formats=parse_formats(format),
+        glob=glob,
+        batch_size=batch_size,
+        page_separator=page_separator,
+        stdout=stdout,
+        force=force,
+        retry_failed=retry_failed,
+        fail_fast=fail_fast,
+        base=base,
+        null_input=null,
+        engine=engine,
+        ray=ray_address,
+        gpus=gpus,
+        ray_timeout=ray_timeout,
+    )
+    raise typer.Exit(_run_convert(config, quiet, log_format))
+
+
+def check_convert_flags(
+    inputs: Sequence[str], *, null: bool, ray: str | None, gpus: int | None, stdout: bool
+) -> str | None:
+    """The usage errors of flag combinations Click cannot see, in the order `convert` has always
+    reported them; returns the Ray address (`parse_ray_address`)."""
     if null and "-" not in inputs:
         raise typer.BadParameter(
             "it applies to paths read from stdin: add - to the inputs", param_hint="'--null'"
@@ -635,43 +737,59 @@ def convert(
         raise typer.BadParameter(
             "--ray writes files into --out; it cannot write to stdout", param_hint="'--ray'"
         )
-    secret, secret_source = resolve_password(password, password_file)
-    setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
-    config = RunConfig(
-        inputs=tuple(inputs),
-        out=out,
-        model=ModelConfig(model=model, revision=revision, device=device, dtype=dtype, seed=seed),
-        prune=PruneConfig(keep=parse_keep(keep), method=prune_method, seed=seed),
-        generation=GenerationSettings(
-            mode=mode,
-            prompt=resolve_prompt(prompt),
-            max_new_tokens=max_new_tokens,
-            page_timeout=page_timeout,
-        ),
-        raster=RasterConfig(
-            dpi=dpi,
-            password=secret,
-            password_source=secret_source,
-            pages=parse_pages(pages),
-            render_timeout=render_timeout_seconds(render_timeout),
-            renderer=renderer,
-        ),
-        formats=tuple(sorted({f.strip().lower() for f in format.split(",") if f.strip()})),
-        glob=glob,
-        batch_size=batch_size,
-        page_separator=page_separator,
-        stdout=stdout,
-        force=force,
-        retry_failed=retry_failed,
-        fail_fast=fail_fast,
-        base=base,
-        null_input=null,  # type: ignore[arg-type]
-        engine=engine,
-        ray=ray_address,
-        gpus=gpus,
-        ray_timeout=ray_timeout,
+    return ray_address
+
+
+def model_config(
+    model: str, revision: str | None, device: DeviceName, dtype: DtypeName, seed: int
+) -> ModelConfig:
+    """The `ModelConfig` of `convert` and `sweep`, from their shared model flags."""
+    return ModelConfig(model=model, revision=revision, device=device, dtype=dtype, seed=seed)
+
+
+def generation_settings(
+    mode: ModeName, prompt: str, max_new_tokens: int, page_timeout: float | None = None
+) -> GenerationSettings:
+    """The `GenerationSettings` of `convert` and `sweep` (`--prompt` already checked by its
+    callback, so resolving it cannot fail here; sweep has no `--page-timeout`)."""
+    return GenerationSettings(
+        mode=mode,
+        prompt=resolve_prompt(prompt),
+        max_new_tokens=max_new_tokens,
+        page_timeout=page_timeout,
     )
-    raise typer.Exit(_run_convert(config, quiet, log_format))
+
+
+def raster_config(
+    *,
+    dpi: int,
+    pages: str | None,
+    password: str | None,
+    password_file: Path | None,
+    render_timeout: float,
+    renderer: RendererName,
+) -> RasterConfig:
+    """The `RasterConfig` of `convert` and `sweep`. Resolving the password may be a usage error
+    (two sources, an unreadable file), so both commands build this before logging starts."""
+    secret, secret_source = resolve_password(password, password_file)
+    return RasterConfig(
+        dpi=dpi,
+        password=secret,
+        password_source=secret_source,
+        pages=parse_pages(pages),
+        render_timeout=render_timeout_seconds(render_timeout),
+        renderer=renderer,
+    )
+
+
+def parse_formats(value: str) -> tuple[str, ...]:
+    """`--format` (already checked by its callback) as `RunConfig.formats`: sorted, no repeats."""
+    return tuple(sorted({f.strip().lower() for f in value.split(",") if f.strip()}))
+
+
+def start_logging(quiet: bool, verbose: bool, log_format: LogFormat) -> None:
+    """Logging for a command: `-q` shows only problems, `-v` debug lines and tracebacks."""
+    setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
 
 
 _RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d+)$")
@@ -771,42 +889,12 @@ def _print_summary(report: dict[str, object], out: Path | None, log_format: str)
         sys.stderr.write(f"outputs in {out}/ (report.json, pages.csv)\n")
 
 
-def _keeps_callback(value: str) -> str:
-    from ocrprune.sweep.run import parse_keeps
-
-    try:
-        parse_keeps(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return value
-
-
 @app.command(epilog=SWEEP_EXAMPLES + "\n" + EXIT_CODES_HELP)
 def sweep(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            help="Documents to measure (same forms as for convert).",
-            show_default=False,
-            metavar="INPUT",
-        ),
-    ],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for sweep.json and sweep.png.")
-    ] = Path("ocrprune-sweep"),
-    keep: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated keep settings to compare with the unpruned run.",
-            callback=_keeps_callback,
-        ),
-    ] = "1,0.8,0.6,0.4,auto",
-    threshold: Annotated[
-        float,
-        typer.Option(
-            min=0.0, max=1.0, help="Fidelity the recommended keep must reach (1 - edit distance)."
-        ),
-    ] = 0.98,
+    inputs: SweepInputsArg,
+    out: SweepOutOpt = Path("ocrprune-sweep"),
+    keep: KeepsOpt = "1,0.8,0.6,0.4,auto",
+    threshold: ThresholdOpt = 0.98,
     prune_method: PruneMethodOpt = "rtprune",
     mode: ModeOpt = "gundam",
     prompt: PromptOpt = "markdown",
@@ -815,7 +903,7 @@ def sweep(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     engine: EngineOpt = "hf",
-    batch_size: Annotated[int, typer.Option(min=1, help="Pages per batch.")] = 1,
+    batch_size: SweepBatchSizeOpt = 1,
     max_new_tokens: MaxNewTokensOpt = 8192,
     dpi: DpiOpt = 144,
     pages: PagesOpt = None,
@@ -831,27 +919,26 @@ def sweep(
 ) -> None:
     """Run documents unpruned and at each keep setting; report speedup and fidelity, and
     recommend a keep."""
-    from ocrprune.sweep.run import SweepConfig, parse_keeps, render_sweep_table, run_sweep
+    from ocrprune.sweep.run import SweepConfig, run_sweep
 
-    secret, secret_source = resolve_password(password, password_file)
-    setup_logging(-1 if quiet else (1 if verbose else 0), log_format)
+    raster = raster_config(
+        dpi=dpi,
+        pages=pages,
+        password=password,
+        password_file=password_file,
+        render_timeout=render_timeout,
+        renderer=renderer,
+    )
+    start_logging(quiet, verbose, log_format)
     config = SweepConfig(
         inputs=tuple(inputs),
         out=out,
-        keeps=parse_keeps(keep),
+        # The callback already parsed `--keep`: `keep` holds the typed values.
+        keeps=cast("tuple[Keep, ...]", keep),
         threshold=threshold,
-        model=ModelConfig(model=model, revision=revision, device=device, dtype=dtype, seed=seed),
-        generation=GenerationSettings(
-            mode=mode, prompt=resolve_prompt(prompt), max_new_tokens=max_new_tokens
-        ),
-        raster=RasterConfig(
-            dpi=dpi,
-            password=secret,
-            password_source=secret_source,
-            pages=parse_pages(pages),
-            render_timeout=render_timeout_seconds(render_timeout),
-            renderer=renderer,
-        ),
+        model=model_config(model, revision, device, dtype, seed),
+        generation=generation_settings(mode, prompt, max_new_tokens),
+        raster=raster,
         method=prune_method,
         seed=seed,
         batch_size=batch_size,
@@ -861,12 +948,20 @@ def sweep(
     _preflight(config.model, config.engine, config.out)
     progress = ProgressView(enabled=not quiet, bar=log_format == "text")
     report = _guarded(progress, lambda: run_sweep(config, progress=progress))
+    _print_sweep_summary(report, quiet, log_format)
+    raise typer.Exit(int(report.exit_code))
+
+
+def _print_sweep_summary(report: "SweepReport", quiet: bool, log_format: str) -> None:
+    """The sweep's summary on stderr: its table, or one `{"event": "summary", ...}` JSON line
+    (the report without its per-page rows)."""
+    from ocrprune.sweep.run import render_sweep_table
+
     if not quiet and log_format == "json":
         fields = {k: v for k, v in json.loads(report.to_json()).items() if k != "pages"}
         log.info("summary", extra={"event": "summary", "fields": fields})
     elif not quiet:
         sys.stderr.write(render_sweep_table(report))
-    raise typer.Exit(int(report.exit_code))
 
 
 def main() -> None:

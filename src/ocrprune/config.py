@@ -6,6 +6,7 @@ Range checks live in `__post_init__`, so a config that exists is a config that c
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -44,25 +45,42 @@ def resolve_prompt(prompt: str) -> str:
     return prompt.strip()
 
 
-def parse_keep(value: str | float) -> float | Literal["auto"]:
-    """Parse a `--keep` value: `auto` or a float in (0, 1]. Raises ValueError otherwise."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == "auto":
-            return "auto"
-        try:
-            number = float(text)
-        except ValueError:
-            raise ValueError(f"keep must be 'auto' or a number in (0, 1], got {value!r}") from None
-    else:
+Keep = float | Literal["auto"]  # a keep setting once parsed: a fraction in (0, 1] or "auto"
+KEEP_RULE = "keep must be 'auto' or a number in (0, 1]"
+
+
+def parse_keep(text: str) -> Keep:
+    """Parse the text of a `--keep` value: `auto` or a number in (0, 1]. Raises ValueError
+    otherwise. The CLI parses each value once; configs then hold the typed keep."""
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    try:
         number = float(value)
-    if not math.isfinite(number) or not 0.0 < number <= 1.0:
-        raise ValueError(f"keep must be 'auto' or a number in (0, 1], got {value!r}")
+    except ValueError:
+        raise ValueError(f"{KEEP_RULE}, got {text!r}") from None
+    if not _in_range(number):
+        raise ValueError(f"{KEEP_RULE}, got {text!r}")
     return number
 
 
-def keep_label(keep: float | Literal["auto"]) -> str:
-    """Stable text form of a keep setting, e.g. `auto`, `1`, `0.4`."""
+def check_keep(keep: Keep) -> None:
+    """Validate an already typed keep (what configs hold): `auto` or a real number in (0, 1].
+    Text is not parsed here; `parse_keep` is the one parser."""
+    if keep == "auto":
+        return
+    if not isinstance(keep, numbers.Real) or not _in_range(float(keep)):
+        shown = float(keep) if isinstance(keep, numbers.Real) else keep
+        raise ValueError(f"{KEEP_RULE}, got {shown!r}")
+
+
+def _in_range(number: float) -> bool:
+    return math.isfinite(number) and 0.0 < number <= 1.0
+
+
+def keep_label(keep: Keep) -> str:
+    """Stable text form of a keep setting, e.g. `auto`, `1`, `0.4`: the one place a keep is
+    written as text (reports, manifests, run descriptions, sweep rows)."""
     return "auto" if keep == "auto" else f"{float(keep):g}"
 
 
@@ -70,12 +88,12 @@ def keep_label(keep: float | Literal["auto"]) -> str:
 class PruneConfig:
     """How visual tokens are pruned: `keep` is `auto` (RTPrune's dynamic ratio) or (0, 1]."""
 
-    keep: float | Literal["auto"] = "auto"
+    keep: Keep = "auto"
     method: PruneMethod = "rtprune"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        parse_keep(self.keep if self.keep == "auto" else float(self.keep))
+        check_keep(self.keep)
         if self.method not in ("rtprune", "norm", "random"):
             raise ValueError(f"unknown prune method {self.method!r}")
 

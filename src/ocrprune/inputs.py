@@ -286,12 +286,6 @@ def _rel_from(naming: str, bases: tuple[str, ...]) -> PurePosixPath:
     return PurePosixPath(OUTSIDE) / _safe_parts(parts or ["_"], top=False)
 
 
-def output_rel(path: str | os.PathLike[str], base: Path | str | None = None) -> PurePosixPath:
-    """The output name of the document at `path` (before in-run collisions), relative to `base`
-    (None: the current folder). Lets callers name the outputs of an input that is now missing."""
-    return _rel_from(_naming_path(path), _bases(base))
-
-
 def fallback_rel(rel: PurePosixPath, source_path: str) -> PurePosixPath:
     """`rel` with `~` + 8 hex of SHA-256 of the source's absolute path appended to its last
     component: the name to use when `rel`'s targets are taken by another source or a folder."""

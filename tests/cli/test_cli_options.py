@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -272,6 +273,61 @@ def test_null_reaches_the_run_config(captured, flag, expected):
     result = invoke(["convert", "-", *flag], input="a.pdf\0b.pdf\0")
     assert result.exit_code == 0, result.output
     assert captured["config"].null_input is expected
+
+
+def _counting_parse_keep(monkeypatch, module) -> list[str]:
+    """Record every text `parse_keep` is given through `module`'s name for it."""
+    import ocrprune.config as config
+
+    seen: list[str] = []
+
+    def counting(text: str):
+        seen.append(text)
+        return config.parse_keep(text)
+
+    monkeypatch.setattr(module, "parse_keep", counting)
+    return seen
+
+
+def test_convert_parses_keep_once_and_the_config_holds_the_typed_value(captured, monkeypatch):
+    import ocrprune.cli as cli
+
+    seen = _counting_parse_keep(monkeypatch, cli)
+    config = config_for(captured, ["--keep", " 0.50 "])
+    assert seen == [" 0.50 "] and config.prune.keep == 0.5
+    seen.clear()
+    assert config_for(captured, ["--keep", "AUTO"]).prune.keep == "auto" and seen == ["AUTO"]
+
+
+def test_sweep_parses_each_keep_once_and_the_config_holds_the_typed_values(monkeypatch):
+    import ocrprune.sweep.run as sweep_run
+
+    seen = _counting_parse_keep(monkeypatch, sweep_run)
+    configs = []
+
+    def fake_sweep(config, *, progress=None):
+        configs.append(config)
+        return dataclasses.make_dataclass("Report", [("exit_code", int)])(0)
+
+    monkeypatch.setattr(sweep_run, "run_sweep", fake_sweep)
+    args = ["sweep", "a.pdf", "--keep", "1,0.4,auto", "--model", "tiny-random", "--device", "cpu", "-q"]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert seen == ["1", "0.4", "auto"]
+    assert configs[0].keeps == (1.0, 0.4, "auto") and configs[0].labels == ["1", "0.4", "auto"]
+
+
+def test_configs_validate_a_typed_keep_and_do_not_parse_text(tmp_path):
+    from ocrprune.config import PruneConfig
+    from ocrprune.sweep.run import SweepConfig
+
+    assert PruneConfig(keep=1).keep == 1 and PruneConfig(keep="auto").keep == "auto"
+    for bad, shown in ((0.0, "0.0"), (2, "2.0"), (float("nan"), "nan"), ("0.5", "'0.5'")):
+        message = f"keep must be 'auto' or a number in (0, 1], got {shown}"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            PruneConfig(keep=bad)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            SweepConfig(inputs=("x",), out=tmp_path, keeps=(0.4, bad))
 
 
 # -- passwords -------------------------------------------------------------------------------------

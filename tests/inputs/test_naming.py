@@ -17,9 +17,9 @@ from ocrprune.inputs import (
     Document,
     expand_inputs,
     fallback_rel,
-    output_rel,
     safe_component,
 )
+from ocrprune.writers.files import OutputLayout
 
 
 def rels(docs: list[Document]) -> list[str]:
@@ -90,7 +90,9 @@ def test_paths_outside_the_base_map_to_outside_and_their_absolute_components(
     monkeypatch.chdir(home)
     escaping, _ = expand_inputs(["../../data/x.pdf"])  # base None: the current folder
     assert rels(absolute) == rels(dotdot) == rels(escaping) == [expected]
-    assert output_rel(cwd / "data/x.pdf", base=home) == PurePosixPath(expected)
+    # The converted file's output name (was `output_rel`, removed: only tests used it).
+    paths = OutputLayout(cwd / "out").paths_for(absolute[0].rel)
+    assert paths.md == cwd / "out" / PurePosixPath(expected).parent / "x.pdf.md"
 
 
 def test_a_top_level_outside_folder_inside_the_base_cannot_pose_as_an_outside_path(

@@ -392,7 +392,6 @@ def test_a_damaged_manifest_is_absent_with_one_warning_and_trusted_by_nothing(ou
         assert files.read_manifest(paths) is None
         assert files.taken_by_other(paths, "/in/elsewhere.pdf") is False
         assert files.is_done(paths, KEY, ["md"]) is False
-        assert files.has_failed_pages(paths) is False
         assert files.remove_document(paths) is False
     assert warnings_of(caplog) == [
         f"{paths.manifest}: damaged manifest ignored ({reason}); the document will be converted again"
@@ -644,6 +643,39 @@ def test_a_deeply_nested_manifest_and_a_truncated_checkpoint_are_redone_not_a_tr
         "(truncated); page 1 will be converted again",
     ]
     assert json.loads((state / "doc.pdf.manifest.json").read_text())["page_statuses"] == ["ok", "length"]
+
+
+# The statuses a manifest records decide `--retry-failed` (this pinned `files.has_failed_pages`,
+# which only tests used; the run's own decision is pinned instead).
+
+
+def test_retry_failed_redoes_a_document_whose_manifest_records_a_failed_page_only(tmp_path):
+    good = pdf_with_sizes(tmp_path / "good.pdf", 1)
+    bad = pdf_with_sizes(tmp_path / "bad.pdf", 3)
+    assert int(run_scripted(tmp_path, [good], ScriptedEngine()).exit_code) == 0
+    assert int(run_scripted(tmp_path, [bad], ScriptedEngine({2: ("repetition", "x", [3])})).exit_code) == 3
+    state = tmp_path / "out" / ".ocrprune"
+    assert json.loads((state / "good.pdf.manifest.json").read_text())["page_statuses"] == ["ok"]
+    assert json.loads((state / "bad.pdf.manifest.json").read_text())["page_statuses"] == ["ok", "repetition", "ok"]
+    engine = ScriptedEngine()
+    outcome = run_scripted(tmp_path, [good, bad], engine, retry_failed=True)
+    assert engine.seen == [2]  # good.pdf (every page ok) is skipped; bad.pdf redoes its failed page
+    assert {Path(d.source).name: d.skipped for d in outcome.docs} == {"good.pdf": True, "bad.pdf": False}
+
+
+@pytest.mark.parametrize("manifest", ["missing", "damaged"])
+def test_retry_failed_converts_a_document_without_a_readable_manifest(tmp_path, manifest):
+    good = pdf_with_sizes(tmp_path / "good.pdf", 1)
+    assert int(run_scripted(tmp_path, [good], ScriptedEngine()).exit_code) == 0
+    path = tmp_path / "out" / ".ocrprune" / "good.pdf.manifest.json"
+    if manifest == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(b"<html>not a manifest</html>\n")
+    engine = ScriptedEngine()
+    outcome = run_scripted(tmp_path, [good], engine, retry_failed=True)
+    assert engine.seen == [1]  # not done: converted again, not skipped as failed or as done
+    assert [d.skipped for d in outcome.docs] == [False] and int(outcome.exit_code) == 0
 
 
 def _two_docs(tmp_path: Path) -> tuple[Path, Path]:

@@ -419,13 +419,6 @@ def test_options_hash_ignores_key_order() -> None:
     assert files.options_hash({"a": 1}) != files.options_hash({"a": 2})
 
 
-def test_has_failed_pages_reads_statuses_from_the_manifest(tmp_path: Path) -> None:
-    assert files.has_failed_pages(_write(tmp_path / "1", ["ok", "ok"])) is False
-    assert files.has_failed_pages(_write(tmp_path / "2", ["ok", "repetition"])) is True
-    missing = files.OutputLayout(tmp_path / "3").paths_for(PurePosixPath("x"))
-    assert files.has_failed_pages(missing) is False
-
-
 # --- files: writability and run report -------------------------------------------------------
 
 

@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from ocrprune import __version__
 from ocrprune.config import (
     GenerationSettings,
+    Keep,
     ModelConfig,
     PruneConfig,
     RasterConfig,
+    check_keep,
     keep_label,
     parse_keep,
 )
@@ -56,12 +58,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ocrprune")
 
-Keep = float | Literal["auto"]
 DEFAULT_KEEPS: tuple[Keep, ...] = (1.0, 0.8, 0.6, 0.4, "auto")
 
 
 def parse_keeps(text: str) -> tuple[Keep, ...]:
-    """`"1,0.8,auto"` -> `(1.0, 0.8, "auto")`, duplicates dropped in order; ValueError if bad."""
+    """`"1,0.8,auto"` -> `(1.0, 0.8, "auto")`, duplicates dropped in order; ValueError if bad.
+    Each part goes through `parse_keep`, and duplicates are told apart by `keep_label`."""
     keeps: list[Keep] = []
     for part in text.split(","):
         if part.strip():
@@ -97,7 +99,7 @@ class SweepConfig:
         if not self.keeps:
             raise ValueError("give at least one keep setting")
         for keep in self.keeps:
-            parse_keep(keep if keep == "auto" else float(keep))
+            check_keep(keep)
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.batch_size < 1:

@@ -1007,20 +1007,6 @@ def is_done(
     return all(_intact(paths, name, stamp) for name, stamp in outputs.items())
 
 
-def has_failed_pages(paths: DocPaths) -> bool:
-    """For --retry-failed: True if the manifest records a non-`ok` page, or no pages at all.
-
-    A document without a readable manifest is not done anyway, so this returns False for it.
-    """
-    manifest = read_manifest(paths)
-    if manifest is None:
-        return False
-    statuses = manifest.get("page_statuses")
-    if not isinstance(statuses, list) or not statuses:
-        return True
-    return any(status != "ok" for status in statuses)
-
-
 def check_writable(out_dir: Path) -> None:
     """Create the output folder and probe it with a temp file; OutputError (exit 6) on failure."""
     try:

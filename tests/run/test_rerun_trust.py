@@ -310,7 +310,9 @@ def test_a_run_stopped_before_out_exists_does_not_point_to_a_report(tmp_path, mo
     def stopped(*args, **kwargs):
         raise Interrupted(15)  # SIGTERM while the inputs are being listed
 
-    monkeypatch.setattr(runner, "expand_inputs", stopped)
+    import ocrprune.run.local as local
+
+    monkeypatch.setattr(local, "expand_inputs", stopped)
     pdf = pdf_with_sizes(tmp_path / "doc.pdf", 1)
     result = CliRunner().invoke(app, ["convert", str(pdf), "--out", str(tmp_path / "out"), *FAST])
     assert result.exit_code == 143, result.output

@@ -348,11 +348,10 @@ def test_an_input_that_once_converted_and_now_fails_loses_its_stale_outputs(tmp_
 
 def test_a_render_error_names_the_file_and_page_once(tmp_path):
     from ocrprune.errors import InputError
-    from ocrprune.progress import NoProgress
     from ocrprune.raster import RenderedPage
-    from ocrprune.run.local import Run
+    from ocrprune.records import KeepInfo
+    from ocrprune.run.document import failed_page
 
-    run = Run(RunConfig(inputs=(), out=tmp_path), NoProgress(), None, None)
     error = InputError("a.pdf", "render_error", "bad content stream", page=3)
-    page = run._failed_page(RenderedPage(3, None, 1.0, error), "render_error", error.detail)
+    page = failed_page(RenderedPage(3, None, 1.0, error), "render_error", error.detail, KeepInfo())
     assert page.error == "bad content stream"

@@ -1,9 +1,14 @@
 """Running a batch: `run(config)` converts every input, on this machine or on a Ray cluster.
 
-`local.Run` is a local run (plan, stream, batch, write, report); `document` holds a document's
-state in flight; `resume` decides what an earlier run already did; `batching` runs batches with
-splitting on failure; `signals` turns SIGINT/SIGTERM/SIGHUP into an orderly stop; `distributed`
-runs the same documents on Ray workers.
+- `local`: `Run`, one run (plan, convert, conclude) with documented extension points, and
+  `DocConverter`, its worker side (one planned document at a time);
+- `plan`: where a document goes, its digest and resume key, skipped or resumed;
+- `resume`: what makes two runs' outputs the same, what an earlier run already did;
+- `convert`: `Conversion`, pages of planned documents through the engine, each document written
+  as it completes (`writers.document` renders and writes it);
+- `driver`: the one stream -> batch -> backend loop, shared with `sweep`;
+- `batching`: `run_split`, batches split on failure; `document`: a document's state and results;
+- `signals`: SIGINT/SIGTERM/SIGHUP as an orderly stop; `distributed`: the same run on Ray workers.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from typing import TextIO
 
 from ocrprune.config import RunConfig
 from ocrprune.progress import NoProgress, ProgressSink
-from ocrprune.run.local import EngineFactory, Run, RunOutcome
+from ocrprune.run.convert import EngineFactory
+from ocrprune.run.local import Run, RunOutcome
 
 
 def run(

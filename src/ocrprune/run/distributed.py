@@ -1,12 +1,13 @@
 """`convert --ray`: the same conversion on a pool of Ray workers, one document per task.
 
 Why this shape: a folder that outgrows one GPU should not need user-written sharding, and a run on
-many machines must keep the batch contract of a local run. So the driver does exactly what a local
-run does up to planning (`Run._plan_all`: expand inputs, prepare and lock `--out`, hash inputs,
-skip what is done) and exactly what it does at the end (`Run._conclude`: account for every input,
-merge the run report). Only the conversion is replaced: Ray Data streams the pending documents,
-largest first, to an actor pool (one actor per GPU, each loading the model once); each actor
-converts whole documents with `pipeline.DocConverter`, which writes outputs, page checkpoints and
+many machines must keep the batch contract of a local run. So the driver is a local `Run` that
+keeps its planning (`Run.plan`: expand inputs, prepare and lock `--out`, hash inputs, skip what is
+done) and its end (`Run.conclude`: account for every input, merge the run report), and fills in the
+run's extension points: it joins the cluster in `before_output`, answers `resolve_dtype` as its
+workers will, and replaces `convert_pending`: Ray Data streams the pending documents, largest
+first, to an actor pool (one actor per GPU, each loading the model once); each actor converts
+whole documents with `local.DocConverter`, which writes outputs, page checkpoints and
 the manifest (last) into `--out` itself, atomically, as a local run does. `--out` must therefore be
 a filesystem every worker sees. A worker returns a status row per document, never an exception;
 one killed mid-document is restarted by Ray and the document redone from its checkpoints.
@@ -36,8 +37,9 @@ from ocrprune.errors import DependencyError, DeviceError, OcrpruneError
 from ocrprune.names import escape_name
 from ocrprune.progress import ProgressSink
 from ocrprune.records import DocResult, PageResult, RunInfo, page_from_record, page_to_record
+from ocrprune.run.convert import EngineFactory
 from ocrprune.run.document import DocState, PlannedDoc
-from ocrprune.run.local import DocConverter, EngineFactory, Run, RunOutcome, build_engine
+from ocrprune.run.local import DocConverter, Run, RunOutcome, build_engine
 
 log = logging.getLogger("ocrprune")
 
@@ -382,7 +384,7 @@ class DocWorker:
 
 
 class _RayRun(Run):
-    """A local run whose `_convert` hands the pending documents to Ray workers."""
+    """A local run whose `convert_pending` hands the pending documents to Ray workers."""
 
     def __init__(self, config: RunConfig, progress: ProgressSink, engine_factory: EngineFactory | None) -> None:
         super().__init__(config, progress, None, engine_factory)
@@ -425,12 +427,12 @@ class _RayRun(Run):
             self.actors, self.gpus_per_actor = 1, 0
             log.warning("the Ray cluster has no GPUs: converting with one CPU worker (--gpus N asks for N GPU workers)")
 
-    def _before_output(self) -> None:
+    def before_output(self) -> None:
         """Join the cluster before `--out` is prepared and locked: a wrong address or a cluster
         that does not answer fails (exit 5) without having created or locked anything."""
         self._connect()
 
-    def _resolve_dtype(self) -> str:
+    def resolve_dtype(self) -> str:
         """As the workers will resolve it (they hold the GPUs, the driver may not): no torch here."""
         self._connect()
         model = self.config.model
@@ -444,7 +446,9 @@ class _RayRun(Run):
         # Workers run elsewhere (another cwd, another machine): paths absolute, no inputs to expand.
         return dataclasses.replace(self.config, inputs=(), out=Path(os.path.abspath(self.config.out)), ray=None, gpus=None)
 
-    def _convert(self, pending: list[DocState]) -> None:
+    def convert_pending(self, pending: list[DocState]) -> None:
+        """Convert on the Ray workers, one document per task; every pending document ends
+        recorded (a failure row when none came back)."""
         from ray import data
 
         self._connect()
@@ -478,7 +482,7 @@ class _RayRun(Run):
                 if row["fatal"]:
                     raise pickle.loads(row["fatal"])
                 self._take(row, pending, received, started)
-                if self.stop:
+                if self.state.stop:
                     break
         except OcrpruneError:
             raise
@@ -486,12 +490,12 @@ class _RayRun(Run):
             log.error("the Ray job failed: %s: %s", type(exc).__name__, escape_name(str(exc)).splitlines()[0] if str(exc) else "")
             log.debug("Ray job failure", exc_info=True)
         self.progress.all_pages_known()
-        if self.stop:
+        if self.state.stop:
             return
         for position, state in enumerate(pending):
             if position not in received:  # never lose a document: a failure row instead
                 log.error("%s: internal: no result came back from the Ray workers", state.shown, extra={"file": state.shown, "kind": "internal"})
-                self._record(DocResult(source=state.shown, stem=state.rel.name, error="no result came back from the Ray workers", error_kind="internal"))
+                self.record(DocResult(source=state.shown, stem=state.rel.name, error="no result came back from the Ray workers", error_kind="internal"))
 
     def _take(self, row: dict[str, Any], pending: list[DocState], received: set[int], started: float) -> None:
         """Record one worker's status row: its logs, the document, the worker's counts, progress."""
@@ -502,8 +506,8 @@ class _RayRun(Run):
             return
         received.add(index)
         result = result_from_record(json.loads(row["result"]))
-        if self.run_info is None and row["run_info"]:
-            self.run_info = RunInfo(**json.loads(row["run_info"]))
+        if self.state.run_info is None and row["run_info"]:
+            self.state.run_info = RunInfo(**json.loads(row["run_info"]))
         if row["peak_gpu_mb"] >= 0:
             self.peak_gpu = max(self.peak_gpu or 0.0, float(row["peak_gpu_mb"]))
         worker = self.workers.setdefault(
@@ -517,7 +521,7 @@ class _RayRun(Run):
         worker["busy_seconds"] = round(worker["busy_seconds"] + float(row["seconds"]), 3)
         self.progress.pages_known(len(result.pages))
         self.progress.pages_finished(len(result.pages))
-        self._record(result)
+        self.record_converted(result)  # with --fail-fast, a failed document stops the run
         pages = sum(w["pages"] for w in self.workers.values())
         elapsed = time.perf_counter() - started
         log.info(
@@ -525,13 +529,13 @@ class _RayRun(Run):
             len(received), len(pending), pages, pages / elapsed if elapsed > 0 else 0.0,
             pending[index].shown, len(result.pages), row["worker"],
         )
-        if self.config.fail_fast and not result.ok:
-            self.stop = True
 
-    def _peak_gpu_mb(self) -> float | None:
+    def peak_gpu_mb(self) -> float | None:
+        """The most any worker reported."""
         return self.peak_gpu
 
-    def _report_extra(self) -> dict[str, Any]:
+    def report_extra(self) -> dict[str, Any]:
+        """The per-worker counts."""
         return {"workers": [self.workers[k] for k in sorted(self.workers)]}
 
 
@@ -549,7 +553,7 @@ def run_on_ray(
     stdin: TextIO | None = None,
     engine_factory: EngineFactory | None = None,
 ) -> RunOutcome:
-    """`pipeline.run` on Ray: the same outputs, report and exit code as a local run.
+    """`ocrprune.run.run` on Ray: the same outputs, report and exit code as a local run.
     `engine_factory` (picklable) is called once in each worker instead of loading the model."""
     require_ray(config.ray)
     return _RayRun(config, progress, engine_factory).execute(stdin)

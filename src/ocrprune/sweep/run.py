@@ -18,7 +18,7 @@ Torch is imported inside `run_sweep` only (through the runtime), so importing th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +37,7 @@ from ocrprune.config import (
 from ocrprune.inputs import expand_inputs
 from ocrprune.progress import ProgressSink
 from ocrprune.run.batching import BatchFailure, run_split
+from ocrprune.run.driver import StreamHandler, drive
 from ocrprune.runtime import open_sweep_engine
 from ocrprune.runtime.api import POSITIONS
 from ocrprune.sweep.fidelity import levenshtein, normalized_edit_distance
@@ -53,6 +54,7 @@ from ocrprune.sweep.report import (
 from ocrprune.writers.files import atomic_write, check_writable
 
 if TYPE_CHECKING:
+    from ocrprune.raster import DocFailed, DocOpened, PageRendered
     from ocrprune.runtime.api import PageOutput
     from ocrprune.runtime.hf.engine import EncodedBatch, Engine
 
@@ -128,6 +130,47 @@ class _Page:
     image: Any
 
 
+class _SweepPages(StreamHandler[_Page]):
+    """Sweep's side of the shared stream loop: rendered pages batch up for `_compare_batch`;
+    a page that cannot be compared is listed in `skipped` with the reason."""
+
+    def __init__(self, engine: Engine, config: SweepConfig, skipped: list[SkippedPage], progress: ProgressSink | None) -> None:
+        self.engine, self.config, self.skipped, self.progress = engine, config, skipped, progress
+        self.records: list[dict[str, Any]] = []
+        self.waiting: dict[int, set[int]] = {}  # document index -> pages announced but not yet seen
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    def opened(self, event: DocOpened) -> None:
+        self.waiting[event.index] = set(event.page_numbers)
+        if self.progress is not None:
+            self.progress.pages_known(len(event.page_numbers))
+
+    def rendered(self, event: PageRendered) -> _Page | None:
+        page = event.page
+        self.waiting.get(event.index, set()).discard(page.page)
+        if page.image is None:
+            reason = str(page.error) if page.error is not None else "no image"
+            self.skipped.append(SkippedPage(event.doc.display, page.page, f"render_error: {reason}"))
+            if self.progress is not None:
+                self.progress.pages_finished(1)
+            return None
+        return _Page(event.doc.display, page.page, page.image)
+
+    def failed(self, event: DocFailed, queued: Sequence[_Page]) -> None:
+        reason = f"{event.error.kind}: {event.error.detail}"
+        missing: list[int | None] = list(sorted(self.waiting.pop(event.index, set())))
+        for number in missing or [event.error.page]:
+            self.skipped.append(SkippedPage(event.doc.display, number, reason))
+
+    def run_batch(self, items: list[_Page]) -> None:
+        self.records.extend(_compare_batch(self.engine, items, self.config, self.skipped))
+        if self.progress is not None:
+            self.progress.pages_finished(len(items))
+
+
 def run_sweep(
     config: SweepConfig,
     *,
@@ -139,7 +182,7 @@ def run_sweep(
     Raises `OcrpruneError`s for run-level problems (output not writable, model will not load);
     `report.exit_code` tells how the pages went.
     """
-    from ocrprune.raster import DocFailed, DocOpened, PageRendered, PageStream
+    from ocrprune.raster import PageStream
 
     check_writable(config.out)
     if config.raster.renderer != "mupdf":
@@ -154,49 +197,14 @@ def run_sweep(
         report = build_report([], config.labels, config.threshold, skipped, _run_info(None, config))
         return _write(report, config.out)
     engine = engine_factory() if engine_factory is not None else _build_engine(config)
-    records: list[dict[str, Any]] = []
-    batch: list[_Page] = []
-    waiting: dict[int, set[int]] = {}  # document index -> pages announced but not yet seen
-
-    def flush() -> None:
-        if batch:
-            records.extend(_compare_batch(engine, list(batch), config, skipped))
-            if progress is not None:
-                progress.pages_finished(len(batch))
-            batch.clear()
-
+    pages = _SweepPages(engine, config, skipped, progress)
     try:
-        with PageStream(docs, config.raster) as stream:
-            for event in stream:
-                if isinstance(event, DocOpened):
-                    waiting[event.index] = set(event.page_numbers)
-                    if progress is not None:
-                        progress.pages_known(len(event.page_numbers))
-                elif isinstance(event, PageRendered):
-                    page = event.page
-                    waiting.get(event.index, set()).discard(page.page)
-                    if page.image is None:
-                        reason = str(page.error) if page.error is not None else "no image"
-                        skipped.append(
-                            SkippedPage(event.doc.display, page.page, f"render_error: {reason}")
-                        )
-                        if progress is not None:
-                            progress.pages_finished(1)
-                        continue
-                    batch.append(_Page(event.doc.display, page.page, page.image))
-                    if len(batch) >= config.batch_size:
-                        flush()
-                elif isinstance(event, DocFailed):
-                    reason = f"{event.error.kind}: {event.error.detail}"
-                    missing: list[int | None] = list(sorted(waiting.pop(event.index, set())))
-                    for number in missing or [event.error.page]:
-                        skipped.append(SkippedPage(event.doc.display, number, reason))
-            flush()
+        drive(PageStream(docs, config.raster), pages)
     finally:
         if progress is not None:
             progress.close()
     report = build_report(
-        records, config.labels, config.threshold, skipped, _run_info(engine, config)
+        pages.records, config.labels, config.threshold, skipped, _run_info(engine, config)
     )
     return _write(report, config.out)
 

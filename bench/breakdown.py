@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=None, help="timed repeats after the warm-up (default 2)"
     )
     args = p.parse_args(argv)
-    from ocrprune.config import GenerationSettings, PruneConfig
+    from ocrprune.config import GenerationSettings, PruneConfig, keep_label
     from ocrprune.runtime.hf.engine import Engine
 
     device, dtype, modes = model_settings(args)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 {
                     "mode": mode,
-                    "keep": f"{keep:g}",
+                    "keep": keep_label(keep),
                     "batch": 1,
                     "device": device.type,
                     "dtype": dtype_name(loaded.dtype),

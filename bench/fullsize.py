@@ -406,7 +406,9 @@ def time_interleaved(
 
 
 def keep_key(keep: Any) -> str:
-    return "auto" if keep == "auto" else f"{float(keep):g}"
+    from ocrprune.config import keep_label
+
+    return keep_label(keep)
 
 
 def gflops_per_token(config: Any) -> float:

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             {
                 "mode": args.mode,
-                "keep": f"{keep:g}",
+                "keep": keep_label(keep),
                 "batch": batch,
                 "device": device.type,
                 "dtype": dtype_name(dtype),

@@ -480,6 +480,7 @@ def small_folder(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # a local Ray cluster; fast: test_a_worker_never_raises_for_a_document (the per-document unit)
 def test_ray_writes_what_a_local_run_writes_and_each_worker_has_its_own_gpu(tmp_path, ray_cluster):
     folder = small_folder(tmp_path)
     local = runner.run(config_for(tmp_path, [folder], out=tmp_path / "local", ray=None, gpus=None, tiny=True))
@@ -496,6 +497,7 @@ def test_ray_writes_what_a_local_run_writes_and_each_worker_has_its_own_gpu(tmp_
     assert len({w["pid"] for w in workers}) == 2
 
 
+@pytest.mark.slow  # a local Ray cluster; fast: the manifest checks of test_a_worker_never_raises_for_a_document
 def test_a_local_run_resumes_a_ray_run_and_skips_what_it_converted(tmp_path, ray_cluster):
     folder = tmp_path / "in"
     for d in (1, 2, 3):

@@ -354,6 +354,7 @@ def test_gapped_positions_keep_original_ids_and_continue_after_the_block():
     assert (positions[1:] > positions[:-1]).all()
 
 
+@pytest.mark.slow  # a process importing torch; fast: test_house.py::test_rtprune_imports_torch_and_the_standard_library_only
 def test_rtprune_imports_only_torch():
     code = (
         "import sys, ocrprune.rtprune;"

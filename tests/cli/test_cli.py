@@ -144,10 +144,10 @@ def test_list_file_and_stdin_with_a_bom_and_crlf_convert_every_listed_input(docs
     assert sorted(p.name for p in out.rglob("*.md")) == ["report.pdf.md", "scan.png.md"]
 
 
-def test_json_lines_keep_is_an_object_on_page_and_document_error_lines(docs, tmp_path):
+def test_json_lines_keep_is_an_object_on_page_and_document_error_lines(docs, tmp_path, capfd):
     """Every field a page line and a document_error line share has one JSON type (#15 item 13)."""
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4\n" + b"\x00garbage" * 50)
-    done = run_stdout([str(docs / "b" / "report.pdf"), str(tmp_path / "broken.pdf"), "--stdout"])
+    done = stdout_in_process([str(docs / "b" / "report.pdf"), str(tmp_path / "broken.pdf"), "--stdout"], capfd)
     assert done.returncode == 3, done.stderr
     records = {r["status"]: r for r in map(json.loads, done.stdout.splitlines())}
     assert sorted(records) == ["document_error", "ok"]
@@ -215,6 +215,31 @@ def run_stdout(args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
+def stdout_in_process(args: list[str], capfd) -> subprocess.CompletedProcess:
+    """`ocrprune convert ARGS` in this process: what reached file descriptor 1 (where `--stdout`
+    writes the documents) as stdout, the command's own stderr as stderr, as `run_stdout` gives them."""
+    capfd.readouterr()  # drop whatever came before
+    result = CliRunner().invoke(app, ["convert", *args, *FAST])
+    captured = capfd.readouterr()
+    return subprocess.CompletedProcess(args, result.exit_code, captured.out + result.stdout, result.stderr + captured.err)
+
+
+# The real process (what a pipe reads from fd 1, C libraries included) is the slow test below; this
+# fast one checks the same contract with the command run in this process.
+def test_stdout_in_process_carries_only_the_document(docs, tmp_path, capfd):
+    single = stdout_in_process([str(docs / "a" / "report.pdf"), "--stdout"], capfd)
+    assert single.returncode == 0, single.stderr
+    assert single.stdout.count("<--- Page Split --->") == 2
+    assert "ocrprune:" not in single.stdout and "tiny-random" in single.stderr
+    many = stdout_in_process([str(docs), "--stdout"], capfd)
+    assert many.returncode == 0, many.stderr
+    lines = [json.loads(line) for line in many.stdout.splitlines()]
+    assert len(lines) == 5
+    assert {line["page"] for line in lines} == {1, 2, 3}
+    assert not list(tmp_path.glob("ocrprune-out"))
+
+
+@pytest.mark.slow  # two real processes, each importing torch; the in-process test above is the fast one
 def test_stdout_carries_only_the_document(docs, tmp_path):
     single = run_stdout([str(docs / "a" / "report.pdf"), "--stdout"])
     assert single.returncode == 0, single.stderr

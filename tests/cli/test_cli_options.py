@@ -504,6 +504,7 @@ def run_into_closed_pipe(inputs: list[str]) -> subprocess.CompletedProcess:
         os.close(write_end)
 
 
+@pytest.mark.slow  # a real process importing torch; fast: test_stdout_closed_in_process_by_its_reader_ends_quietly_with_exit_0
 def test_stdout_closed_by_its_reader_ends_quietly_with_exit_0(tmp_path):
     for name in ("a.png", "b.png"):
         draw_page((200, 260), seed=5).save(tmp_path / name)
@@ -513,9 +514,43 @@ def test_stdout_closed_by_its_reader_ends_quietly_with_exit_0(tmp_path):
         assert noise not in done.stderr
 
 
+@pytest.mark.slow  # a real process importing torch; fast: test_stdout_closed_in_process_after_a_failure_exits_3
 def test_stdout_closed_after_a_failure_exits_3(tmp_path):
     draw_page((200, 260), seed=5).save(tmp_path / "a.png")
     done = run_into_closed_pipe([str(tmp_path / "missing.png"), str(tmp_path / "a.png")])
+    assert done.returncode == 3, done.stderr
+    assert "missing.png: missing" in done.stderr and "Traceback" not in done.stderr
+
+
+def closed_stdout_in_process(inputs: list[str], capfd) -> subprocess.CompletedProcess:
+    """`run_into_closed_pipe` in this process: file descriptor 1 is a pipe whose reader is gone
+    while the command runs (`--stdout` writes there), then pytest's capture again."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    capfd.readouterr()
+    saved = os.dup(1)
+    os.dup2(write_end, 1)
+    os.close(write_end)
+    try:
+        result = invoke(["convert", *inputs, "--stdout", *FAST, "--max-new-tokens", "64"])
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    return subprocess.CompletedProcess(inputs, result.exit_code, "", result.stderr + capfd.readouterr().err)
+
+
+def test_stdout_closed_in_process_by_its_reader_ends_quietly_with_exit_0(tmp_path, capfd):
+    for name in ("a.png", "b.png"):
+        draw_page((200, 260), seed=5).save(tmp_path / name)
+    done = closed_stdout_in_process([str(tmp_path / "a.png"), str(tmp_path / "b.png")], capfd)
+    assert done.returncode == 0, done.stderr
+    for noise in ("Traceback", "internal error", "BrokenPipe", "Exception ignored", "ocrprune run"):
+        assert noise not in done.stderr
+
+
+def test_stdout_closed_in_process_after_a_failure_exits_3(tmp_path, capfd):
+    draw_page((200, 260), seed=5).save(tmp_path / "a.png")
+    done = closed_stdout_in_process([str(tmp_path / "missing.png"), str(tmp_path / "a.png")], capfd)
     assert done.returncode == 3, done.stderr
     assert "missing.png: missing" in done.stderr and "Traceback" not in done.stderr
 

@@ -195,6 +195,7 @@ def test_a_lying_page_count_ends_quickly_with_pdfium_too(tmp_path: Path) -> None
 
 @needs_pdfium
 @pytest.mark.skipif(not CASES.is_dir(), reason="../shared/cases is absent (project machines only)")
+@pytest.mark.slow  # ~500 pages twice; fast: test_both_renderers_give_the_same_page_sizes_on_the_samples, test_pdfium_names_the_same_error_kinds_as_mupdf
 def test_every_case_pdf_gets_a_page_image_or_a_named_error_from_both_renderers() -> None:
     pdfs = sorted(p for p in CASES.rglob("*") if p.is_file() and p.suffix.lower() == ".pdf")
     docs = [pdf_doc(p, str(p.relative_to(CASES))) for p in pdfs]

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from docgen import make_pdf
 from scripted import FAST, INFO, ScriptedEngine, pdf_with_sizes, run_scripted, statuses
 from typer.testing import CliRunner
@@ -193,6 +194,7 @@ def test_checkpoints_from_other_options_are_discarded(tmp_path):
 # ---- 7. signals, in a real process -------------------------------------------------------------
 
 
+@pytest.mark.slow  # a real process importing torch; fast: test_a_real_sigterm_in_process_stops_the_run_keeps_pages_and_exits_143
 def test_sigterm_stops_a_real_run_keeps_pages_and_exits_143(tmp_path):
     make_pdf(tmp_path / "in" / "long.pdf", pages=40)
     out = tmp_path / "out"
@@ -210,6 +212,42 @@ def test_sigterm_stops_a_real_run_keeps_pages_and_exits_143(tmp_path):
     assert time.monotonic() - sent < 10
     assert "interrupted (SIGTERM)" in stderr
     assert json.loads((out / "report.json").read_text())["interrupted"] is True
+    assert len(list(pages.glob("p*.json"))) >= 2 and not (out / "in" / "long.pdf.md").exists()
+
+
+class SelfSignalling(ScriptedEngine):
+    """Sends a real SIGTERM to this process when asked for page `at`, as `timeout` or systemd would."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.sent = at, 0.0
+
+    def run(self, images):
+        from scripted import page_of
+
+        if any(page_of(image) == self.at for image in images):
+            self.sent = time.monotonic()
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at once; sleeping on would mean no handler
+        return super().run(images)
+
+
+def test_a_real_sigterm_in_process_stops_the_run_keeps_pages_and_exits_143(tmp_path):
+    """The fast sibling of the test above: the same signal, delivered to this process mid-run."""
+    pdf = pdf_with_sizes(tmp_path / "in" / "long.pdf", 6)
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))  # never pytest's death
+    engine = SelfSignalling(at=3)
+    try:
+        outcome = run_scripted(tmp_path, [pdf], engine, batch=1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert caught == []  # the run's own handler took the signal
+    assert int(outcome.exit_code) == 143
+    assert time.monotonic() - engine.sent < 10
+    out = tmp_path / "out"
+    assert json.loads((out / "report.json").read_text())["interrupted"] is True
+    pages = out / "in" / ".ocrprune" / "long.pdf.pages"
     assert len(list(pages.glob("p*.json"))) >= 2 and not (out / "in" / "long.pdf.md").exists()
 
 

@@ -268,13 +268,13 @@ def test_an_address_where_nothing_listens_fails_after_the_timeout_in_one_line_an
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'ocrprune[ray]')")
     address = f"{scheme}127.0.0.1:{free_port()}"
     started = time.monotonic()
-    done = subprocess.run(convert_command(tmp_path, f"--ray={address}", "--ray-timeout", "2"), env=cli_env(),
+    done = subprocess.run(convert_command(tmp_path, f"--ray={address}", "--ray-timeout", "1"), env=cli_env(),
                           capture_output=True, text=True, timeout=120, check=False)
     elapsed = time.monotonic() - started
     assert done.returncode == 5, done.stderr
-    assert done.stderr.splitlines() == [f"ocrprune: cannot reach the Ray cluster at {address} within 2 s: Connection refused"]
+    assert done.stderr.splitlines() == [f"ocrprune: cannot reach the Ray cluster at {address} within 1 s: Connection refused"]
     assert done.stdout == ""
-    assert 2.0 <= elapsed < 30.0  # the bound, not Ray's own 20 retries of 40 s (or "requires ray[client]")
+    assert 1.0 <= elapsed < 30.0  # the bound, not Ray's own 20 retries of 40 s (or "requires ray[client]")
     assert not (tmp_path / "out").exists()  # never created, never locked
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
@@ -480,6 +480,7 @@ def small_folder(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # a local Ray cluster; fast: test_a_worker_never_raises_for_a_document (the per-document unit)
 def test_ray_writes_what_a_local_run_writes_and_each_worker_has_its_own_gpu(tmp_path, ray_cluster):
     folder = small_folder(tmp_path)
     local = runner.run(config_for(tmp_path, [folder], out=tmp_path / "local", ray=None, gpus=None, tiny=True))
@@ -496,6 +497,7 @@ def test_ray_writes_what_a_local_run_writes_and_each_worker_has_its_own_gpu(tmp_
     assert len({w["pid"] for w in workers}) == 2
 
 
+@pytest.mark.slow  # a local Ray cluster; fast: the manifest checks of test_a_worker_never_raises_for_a_document
 def test_a_local_run_resumes_a_ray_run_and_skips_what_it_converted(tmp_path, ray_cluster):
     folder = tmp_path / "in"
     for d in (1, 2, 3):

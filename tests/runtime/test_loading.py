@@ -436,12 +436,14 @@ def _assert_cli_refusal(tmp_path: Path, folder: Path, expected: str) -> None:
     assert {p.name for p in tmp_path.iterdir()} <= {"in", "model", "out"}
 
 
+@pytest.mark.slow  # a real process importing torch; fast: test_all_renamed_tensors_are_refused_with_the_first_five_and_a_count
 def test_cli_refuses_a_folder_with_renamed_tensors_exit_5_one_line(tiny_checkpoint, tmp_path):
     folder = _copy(tiny_checkpoint[0], tmp_path)
     _rewrite(folder / "model.safetensors", _rename_all)
     _assert_cli_refusal(tmp_path, folder, f"model folder {folder} {ALL_RENAMED}")
 
 
+@pytest.mark.slow  # a real process importing torch; fast: test_a_shard_the_index_lists_that_is_missing_is_refused
 def test_cli_refuses_a_folder_missing_a_shard_exit_5_one_line(sharded_checkpoint, tmp_path):
     folder = _copy(sharded_checkpoint, tmp_path)
     (folder / "model-00002-of-00004.safetensors").unlink()

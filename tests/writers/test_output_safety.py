@@ -603,6 +603,7 @@ def test_cli_a_link_planted_for_the_runs_own_files_stops_with_exit_6_before_anyt
     assert not (out / "doc.pdf.md").exists() and not (out / "report.json").exists()
 
 
+@pytest.mark.slow  # a real process (torch imported); fast: test_a_fifo_manifest_is_ignored_at_once_and_replaced
 def test_cli_a_fifo_manifest_neither_hangs_nor_stops_the_run(tmp_path):
     make_pdf(tmp_path / "doc.pdf", pages=1)
     out = tmp_path / "out"

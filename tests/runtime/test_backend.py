@@ -143,8 +143,8 @@ def test_unknown_engine_is_a_usage_error(tmp_path):
 @pytest.fixture
 def fake_vllm(monkeypatch, tiny_loaded):
     """`--engine vllm` opens a real VllmEngine (tiny model encoder + RTPrune) over a fake `LLM`."""
-    from ocrprune.runtime import vllm_engine
     from ocrprune.runtime.hf.engine import Engine
+    from ocrprune.runtime.vllm import engine as vllm_engine
 
     llms: list[FakeLLM] = []
 
@@ -154,11 +154,11 @@ def fake_vllm(monkeypatch, tiny_loaded):
             return ([20, 21, 22] * 10)[: params.kwargs["max_tokens"]], "length"
         return [30 + n, 31, 1], "stop"
 
-    def open_fake(config):
+    def open_fake(model, generation, prune):
         llm = FakeLLM(script)
         llms.append(llm)
-        hf = Engine(tiny_loaded, config.generation, config.prune)
-        return vllm_engine.VllmEngine(hf, llm, FakeSampling, config=config, batch_hint=2)
+        hf = Engine(tiny_loaded, generation, prune)
+        return vllm_engine.VllmEngine(hf, llm, FakeSampling, batch_hint=2)
 
     monkeypatch.setattr(vllm_engine, "open_vllm_backend", open_fake)
     # The fake stands in for an installed vLLM, for the CLI's cheap check as well.
@@ -256,6 +256,6 @@ def test_sweep_with_engine_vllm_decodes_every_setting_through_the_fake(tmp_path,
 
 
 def test_page_output_lives_in_the_torch_free_contract_and_the_engine_module_re_exports_it():
-    from ocrprune.runtime import engine
+    from ocrprune.runtime.hf import engine
 
     assert engine.PageOutput is PageOutput

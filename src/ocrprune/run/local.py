@@ -63,8 +63,8 @@ from ocrprune.run.resume import (
     page_reusable,
 )
 from ocrprune.run.signals import signals_as_interrupts
-from ocrprune.runtime import open_backend
-from ocrprune.runtime.api import Backend, describe_run
+from ocrprune.runtime import open_backend, resolve_device_dtype
+from ocrprune.runtime.api import Backend, LoadedInfo, describe_run
 from ocrprune.writers import files
 from ocrprune.writers.json import render_json, render_jsonl
 from ocrprune.writers.markdown import render_markdown
@@ -449,11 +449,8 @@ class Run:
 
     def _resolve_dtype(self) -> str:
         """The dtype the model will run in, as manifests record it (imports torch)."""
-        from ocrprune.runtime.hf.loading import dtype_label, select_device, select_dtype
-
-        device = select_device(self.config.model.device)
-        self.device_name = str(device)
-        return dtype_label(select_dtype(self.config.model.dtype, device))
+        self.device_name, dtype = resolve_device_dtype(self.config.model)
+        return dtype
 
     def _plan(self, index: int, doc: Document, layout: files.OutputLayout | None) -> DocState | None:
         """Where a document goes and what is already done: None if skipped or failed here."""
@@ -568,14 +565,14 @@ class Run:
         """The run description before (or without) a loaded model: for documents that never
         reached it, and for the report of a run that loaded none."""
         config = self.config
-        return describe_run(
-            config,
+        expected = LoadedInfo(
             model=config.model.model,
             revision=self.revision if self.revision is not None else expected_revision(config),
             device=self.device_name,
             dtype=self.dtype_name,
             dummy=config.model.is_tiny_random,
         )
+        return describe_run(expected, generation=config.generation, prune=config.prune, engine=config.engine)
 
     def _peak_gpu_mb(self) -> float | None:
         return self.engine.peak_gpu_mb() if self.engine is not None else None
@@ -801,8 +798,8 @@ def _json(report: dict[str, Any]) -> str:
 
 def build_engine(config: RunConfig) -> tuple[Backend, RunInfo, int]:
     """Open the configured engine (imports torch; vLLM only for `--engine vllm`), pick the batch size."""
-    engine = open_backend(config)
-    info = engine.run_info()
+    engine = open_backend(config.engine, config.model, config.generation, config.prune)
+    info = describe_run(engine.loaded_info(), generation=config.generation, prune=config.prune, engine=config.engine)
     size = config.batch_size or engine.batch_size_hint()
     log.info(
         "model %s on %s (%s), engine %s, mode %s, keep %s, batch size %d",

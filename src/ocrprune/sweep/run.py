@@ -35,7 +35,7 @@ from ocrprune.config import (
 from ocrprune.inputs import expand_inputs
 from ocrprune.progress import ProgressSink
 from ocrprune.run.batching import BatchFailure, run_split
-from ocrprune.runtime import open_sweep_engine
+from ocrprune.runtime import open_backend
 from ocrprune.runtime.api import POSITIONS
 from ocrprune.sweep.fidelity import levenshtein, normalized_edit_distance
 from ocrprune.sweep.report import (
@@ -51,8 +51,8 @@ from ocrprune.sweep.report import (
 from ocrprune.writers.files import atomic_write, check_writable
 
 if TYPE_CHECKING:
+    from ocrprune.runtime.api import EncodingBackend as Engine  # what sweep needs of an engine
     from ocrprune.runtime.api import PageOutput
-    from ocrprune.runtime.hf.engine import EncodedBatch, Engine
 
 log = logging.getLogger("ocrprune")
 
@@ -206,8 +206,8 @@ def _write(report: SweepReport, out: Path) -> SweepReport:
 
 
 def _build_engine(config: SweepConfig) -> Engine:
-    """The configured engine through the shared factory (it has `encode` and `decode`)."""
-    engine: Engine = open_sweep_engine(
+    """The configured engine through the shared factory (it has `encode`, `select` and `decode`)."""
+    engine: Engine = open_backend(
         config.engine,
         config.model,
         config.generation,
@@ -217,15 +217,13 @@ def _build_engine(config: SweepConfig) -> Engine:
 
 
 def _run_info(engine: Engine | None, config: SweepConfig) -> dict[str, Any]:
-    from ocrprune.runtime.hf.loading import dtype_label
-
-    loaded = engine.loaded if engine is not None else None
+    loaded = engine.loaded_info() if engine is not None else None
     return {
-        "model": loaded.model_id if loaded else config.model.model,
+        "model": loaded.model if loaded else config.model.model,
         "revision": loaded.revision if loaded else config.model.revision,
         "dummy_model": loaded.dummy if loaded else config.model.is_tiny_random,
-        "device": str(loaded.device) if loaded else config.model.device,
-        "dtype": dtype_label(loaded.dtype) if loaded else config.model.dtype,
+        "device": loaded.device if loaded else config.model.device,
+        "dtype": loaded.dtype if loaded else config.model.dtype,
         "mode": config.generation.mode,
         "prompt": config.generation.prompt,
         "max_new_tokens": config.generation.max_new_tokens,
@@ -292,44 +290,20 @@ def _compare_batch(
 
 
 def _decode_each(
-    engine: Engine, encoded: EncodedBatch, indices: list[int], prune: PruneConfig
+    engine: Engine, encoded: Any, indices: list[int], prune: PruneConfig
 ) -> list[PageOutput | BatchFailure]:
     """Decode pages `indices` of an encoded batch through the shared driver: a failing batch is
     split and its pages decoded again from the same features."""
     results: dict[int, PageOutput | BatchFailure] = {}
 
     def run(batch: list[int]) -> list[PageOutput]:
-        subset = encoded if batch == list(range(len(encoded.features))) else _subset(encoded, batch)
-        return engine.decode(subset, prune=prune)
+        return engine.decode(engine.select(encoded, batch), prune=prune)
 
     def deliver(index: int, result: PageOutput | BatchFailure) -> None:
         results[index] = result
 
     run_split(indices, run, deliver, engine.recover)
     return [results[i] for i in indices]
-
-
-def _subset(encoded: EncodedBatch, indices: list[int]) -> EncodedBatch:
-    """Pages `indices` of an encoded batch, for decoding apart (decode reads no local pixels)."""
-    from ocrprune.runtime.hf.engine import EncodedBatch
-    from ocrprune.runtime.hf.preprocess import VisionBatch
-
-    vision = encoded.vision
-    count = len(encoded.features)
-    subset = VisionBatch(
-        pixel_values=vision.pixel_values[indices],
-        pixel_values_local=None,
-        num_local_patches=[vision.num_local_patches[i] for i in indices],
-        patches_grid=[vision.patches_grid[i] for i in indices],
-        geometry=[vision.geometry[i] for i in indices],
-    )
-    share = len(indices) / count
-    return EncodedBatch(
-        subset,
-        [encoded.features[i] for i in indices],
-        encoded.preprocess_ms * share,
-        encoded.encode_ms * share,
-    )
 
 
 def _record(page: _Page, label: str, out: PageOutput, ref: PageOutput) -> dict[str, Any]:

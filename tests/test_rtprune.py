@@ -302,11 +302,16 @@ def test_wrong_feature_length_and_unknown_method_are_refused():
         ImageLayout(16, local_rows=10)
 
 
-def test_prune_images_handles_each_page_with_its_own_layout():
+def test_prune_pages_handles_each_page_with_its_own_layout():
+    # The batch loop lives in the runtime's hook (`prune_pages`); each page is `prune_image` alone.
+    from ocrprune.config import PruneConfig
+    from ocrprune.runtime.hf.clock import StageClock
+    from ocrprune.runtime.hf.prune_hook import prune_pages
+
     layouts = [ImageLayout(2), ImageLayout(4, local_rows=2, local_cols=2)]
     feats = [torch.randn(layout.length, 5) for layout in layouts]
     views = torch.zeros(2, 3, 64, 64)
-    results = rtprune.prune_images(feats, layouts, "auto", global_views=views)
+    results = prune_pages(feats, layouts, views, PruneConfig(keep="auto"), StageClock(torch.device("cpu")))
     assert [r.record.visual_total for r in results] == [4, 20]
     assert [r.record.r_txt for r in results] == [0.0, 0.0]  # a mid-grey view has no edges
     for result, layout, block in zip(results, layouts, feats):

@@ -17,7 +17,6 @@ cosines, Sinkhorn and the ratios in fp32 and casts results back to the features'
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -389,33 +388,3 @@ def prune_image(
         n, k, layout_total, layout_kept, collapsed, ratio, setting, method, r_txt, r_sim
     )
     return PruneResult(positions, block[positions], record)
-
-
-def prune_images(
-    features: Sequence[torch.Tensor],
-    layouts: Sequence[AnyLayout],
-    keep: Keep,
-    *,
-    global_views: Sequence[torch.Tensor] | torch.Tensor | None = None,
-    method: Method = "rtprune",
-    generator: torch.Generator | None = None,
-) -> list[PruneResult]:
-    """`prune_image` per image: blocks `[L_i, D]`, views `[3, S, S]` each (or one `[B, 3, S, S]`).
-
-    Images differ in length, so this loops over images; each image is handled vectorised.
-    """
-    if len(features) != len(layouts):
-        raise ValueError(f"{len(features)} feature blocks but {len(layouts)} layouts")
-    if global_views is not None and len(global_views) != len(features):
-        raise ValueError(f"{len(features)} feature blocks but {len(global_views)} global views")
-    return [
-        prune_image(
-            block,
-            layout,
-            keep,
-            global_view=None if global_views is None else global_views[i],
-            method=method,
-            generator=generator,
-        )
-        for i, (block, layout) in enumerate(zip(features, layouts))
-    ]

@@ -275,7 +275,7 @@ class FailingEngine(BackendBase):
 
 
 def run_with(tmp_path, engine, inputs, batch=4, fail_fast=False):
-    from ocrprune.runtime.hf.backend import run_info_for
+    from ocrprune.runtime.api import describe_run
     from ocrprune.runtime.hf.engine import Engine
     from ocrprune.runtime.hf.loading import load_model
 
@@ -292,7 +292,8 @@ def run_with(tmp_path, engine, inputs, batch=4, fail_fast=False):
     wrapped = engine(real)
 
     def factory():
-        return wrapped, run_info_for(config, loaded), batch
+        info = describe_run(real.loaded_info(), generation=config.generation, prune=config.prune, engine=config.engine)
+        return wrapped, info, batch
 
     return runner.run(config, engine_factory=factory), wrapped
 

@@ -101,8 +101,7 @@ DRIVER = textwrap.dedent(
             return real_run(config, **{**kwargs, "engine_factory": lambda: (engine, INFO, 1)})
 
         runner.run = run
-        if hasattr(Run, "_resolve_dtype"):  # torch is imported for that alone: 20 s+
-            Run._resolve_dtype = lambda self: "fp32"
+        Run.resolve_dtype = lambda self: "fp32"  # torch is imported for that alone: 20 s+
         from ocrprune.cli import main
 
         sys.argv = ["ocrprune", *sys.argv[1:]]
@@ -241,7 +240,7 @@ def test_mupdf_messages_under_json_logs_keep_stderr_json(tmp_path: Path) -> None
 @pytest.fixture(autouse=True)
 def _no_torch_for_the_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     """The scripted engine runs in fp32; resolving the dtype would import torch (20 s+)."""
-    monkeypatch.setattr(Run, "_resolve_dtype", lambda self: "fp32", raising=False)
+    monkeypatch.setattr(Run, "resolve_dtype", lambda self: "fp32")
 
 
 def run_pages(

@@ -93,6 +93,28 @@ def test_backend_base_gives_every_declared_method_a_default():
     assert (engine.recover(), engine.peak_gpu_mb(), engine.batch_size_hint()) == (None, None, 1)
 
 
+def test_the_run_description_is_built_above_the_engine_from_settings_and_what_it_loaded(tiny_loaded):
+    from ocrprune import __version__
+    from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig
+    from ocrprune.records import RunInfo
+    from ocrprune.runtime import resolve_device_dtype
+    from ocrprune.runtime.api import EncodingBackend, LoadedInfo, describe_run
+    from ocrprune.runtime.hf.backend import HfBackend
+
+    generation, prune = GenerationSettings(mode="tiny", max_new_tokens=8), PruneConfig(keep=0.5)
+    engine = HfBackend(tiny_loaded, generation, prune)
+    assert isinstance(engine, EncodingBackend)
+    loaded = engine.loaded_info()
+    assert loaded == LoadedInfo(model="tiny-random", revision=None, device="cpu", dtype="fp32", dummy=True)
+    assert resolve_device_dtype(ModelConfig(model="tiny-random", device="cpu")) == ("cpu", "fp32")
+    assert resolve_device_dtype(ModelConfig(device="cpu", dtype="bf16")) == ("cpu", "bf16")
+    assert describe_run(loaded, generation=generation, prune=prune, engine="vllm") == RunInfo(
+        model="tiny-random", revision=None, mode="tiny", keep="0.5", prune_method="rtprune",
+        prompt=generation.prompt, device="cpu", dtype="fp32", dummy_model=True, version=__version__,
+        engine="vllm", positions="compact",
+    )
+
+
 def test_the_contract_and_the_pipeline_import_without_torch():
     code = "import sys, ocrprune.runtime.api, ocrprune.run.local, ocrprune.sweep.run; print('torch' in sys.modules)"
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
@@ -154,11 +176,11 @@ def fake_vllm(monkeypatch, tiny_loaded):
             return ([20, 21, 22] * 10)[: params.kwargs["max_tokens"]], "length"
         return [30 + n, 31, 1], "stop"
 
-    def open_fake(config):
+    def open_fake(model, generation, prune):
         llm = FakeLLM(script)
         llms.append(llm)
-        hf = Engine(tiny_loaded, config.generation, config.prune)
-        return vllm_engine.VllmEngine(hf, llm, FakeSampling, config=config, batch_hint=2)
+        hf = Engine(tiny_loaded, generation, prune)
+        return vllm_engine.VllmEngine(hf, llm, FakeSampling, batch_hint=2)
 
     monkeypatch.setattr(vllm_engine, "open_vllm_backend", open_fake)
     # The fake stands in for an installed vLLM, for the CLI's cheap check as well.

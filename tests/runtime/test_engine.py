@@ -129,3 +129,18 @@ def test_pages_still_generating_at_the_deadline_time_out(tiny_loaded):
     outs = engine(tiny_loaded, "tiny", 1.0, tokens=400, page_timeout=1e-9).run(PAGES["tiny"])
     assert [o.status for o in outs] == ["timeout", "timeout"]
     assert all(1 <= o.tokens.generated < 400 for o in outs)
+
+
+def test_select_decodes_a_subset_of_an_encoded_batch_as_that_page_alone(tiny_loaded):
+    """`select` (what sweep uses to decode pages apart) keeps each chosen page's features and
+    global view, shares the batch's encode time pro rata, and returns the batch itself when all."""
+    eng = engine(tiny_loaded, "tiny", 0.4)
+    encoded = eng.encode(PAGES["tiny"])
+    assert eng.select(encoded, [0, 1]) is encoded
+    second = eng.select(encoded, [1])
+    assert len(second.features) == 1 and second.features[0] is encoded.features[1]
+    assert torch.equal(second.vision.pixel_values, encoded.vision.pixel_values[[1]])
+    assert second.vision.geometry == [encoded.vision.geometry[1]]
+    assert second.encode_ms == pytest.approx(encoded.encode_ms / 2)
+    alone = eng.decode(eng.encode(PAGES["tiny"][1:]))
+    assert [o.token_ids for o in eng.decode(second)] == [o.token_ids for o in alone]

@@ -124,7 +124,7 @@ def test_finish_reasons_map_to_statuses_and_ids_end_at_eos_as_the_hf_engine_keep
         ("ok", [7, 8, 1], None),
         ("ok", [9, 1], None),
     ]
-    assert outputs[0].raw_text == engine.hf._text([5, 6, 1])
+    assert outputs[0].raw_text == engine.hf.decode_text([5, 6, 1])
     assert [o.tokens.generated for o in outputs] == [3, 3, 2]
 
     script = {0: ([4] * 12, "length"), 1: ([], "abort"), 2: ([3, 1], "stop")}

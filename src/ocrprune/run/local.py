@@ -47,8 +47,8 @@ from ocrprune.run.document import DocState, PlannedDoc
 from ocrprune.run.plan import PlanFailure, log_skipped, plan_document
 from ocrprune.run.resume import RunKey, expected_revision, load_reuse
 from ocrprune.run.signals import signals_as_interrupts
-from ocrprune.runtime import open_backend
-from ocrprune.runtime.api import Backend, describe_run
+from ocrprune.runtime import open_backend, resolve_device_dtype
+from ocrprune.runtime.api import Backend, LoadedInfo, describe_run
 from ocrprune.writers import files
 from ocrprune.writers.document import for_stdout
 
@@ -112,7 +112,7 @@ class Run:
         self.conversion: Conversion | None = None
         self.revision: str | None = None
         self.dtype_name: str = config.model.dtype
-        self.device_name: str = config.model.device  # resolved with the dtype (`_resolve_dtype`)
+        self.device_name: str = config.model.device  # resolved with the dtype (`resolve_dtype`)
         # Sortable by start time, unique even for two runs in the same second.
         now = time.time_ns()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now // 1000 % 10**6:06d}Z"
@@ -234,15 +234,8 @@ class Run:
     def resolve_dtype(self) -> str:
         """The dtype the model will run in, as manifests record it. Locally the loader's choice
         (imports torch); the Ray runner answers as its workers will."""
-        return self._resolve_dtype()
-
-    def _resolve_dtype(self) -> str:
-        """The dtype the model will run in, as manifests record it (imports torch)."""
-        from ocrprune.runtime.hf.loading import dtype_label, select_device, select_dtype
-
-        device = select_device(self.config.model.device)
-        self.device_name = str(device)
-        return dtype_label(select_dtype(self.config.model.dtype, device))
+        self.device_name, dtype = resolve_device_dtype(self.config.model)
+        return dtype
 
     def report_extra(self) -> dict[str, Any]:
         """Keys a runner adds at the end of the report (the Ray runner: per-worker counts)."""
@@ -313,14 +306,14 @@ class Run:
         """The run description before (or without) a loaded model: for documents that never
         reached it, and for the report of a run that loaded none."""
         config = self.config
-        return describe_run(
-            config,
+        expected = LoadedInfo(
             model=config.model.model,
             revision=self.revision if self.revision is not None else expected_revision(config),
             device=self.device_name,
             dtype=self.dtype_name,
             dummy=config.model.is_tiny_random,
         )
+        return describe_run(expected, generation=config.generation, prune=config.prune, engine=config.engine)
 
 
 class DocConverter:
@@ -377,8 +370,8 @@ def _json(report: dict[str, Any]) -> str:
 
 def build_engine(config: RunConfig) -> tuple[Backend, RunInfo, int]:
     """Open the configured engine (imports torch; vLLM only for `--engine vllm`), pick the batch size."""
-    engine = open_backend(config)
-    info = engine.run_info()
+    engine = open_backend(config.engine, config.model, config.generation, config.prune)
+    info = describe_run(engine.loaded_info(), generation=config.generation, prune=config.prune, engine=config.engine)
     size = config.batch_size or engine.batch_size_hint()
     log.info(
         "model %s on %s (%s), engine %s, mode %s, keep %s, batch size %d",

@@ -2,41 +2,44 @@
 is imported only when it is chosen, so `ocrprune --help` imports no torch.
 
 The contract every engine keeps is `ocrprune.runtime.api`; `hf/` is the transformers engine (the
-numerics reference), `vllm/` decodes the same pruned prompts with vLLM.
+numerics reference), `vllm/` decodes the same pruned prompts with vLLM. Engines are opened from the
+model, generation and prune settings alone; the run description is built above them
+(`api.describe_run`), from those settings and what the engine loaded (`Backend.loaded_info`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ocrprune.config import RunConfig
-from ocrprune.runtime.api import ENGINES, Backend, EngineName
+from ocrprune.runtime.api import ENGINES, EncodingBackend, EngineName
 
 if TYPE_CHECKING:
     from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig
 
 
-def open_backend(config: RunConfig) -> Backend:
-    """Load the model and build the engine `config.engine` names (imports torch, and vLLM only
-    for `vllm`). Raises `DependencyError` (exit 5) when the engine's package is missing."""
-    if config.engine not in ENGINES:
-        raise ValueError(f"unknown engine {config.engine!r}; choose from {', '.join(ENGINES)}")
-    if config.engine == "vllm":
+def open_backend(
+    engine: EngineName, model: ModelConfig, generation: GenerationSettings, prune: PruneConfig
+) -> EncodingBackend:
+    """Load the model and build the engine `engine` names (imports torch, and vLLM only for
+    `vllm`). Raises `DependencyError` (exit 5) when the engine's package is missing."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if engine == "vllm":
         from ocrprune.runtime.vllm.engine import open_vllm_backend
 
-        return open_vllm_backend(config)
+        return open_vllm_backend(model, generation, prune)
     from ocrprune.runtime.hf.backend import open_hf_backend
 
-    return open_hf_backend(config)
+    return open_hf_backend(model, generation, prune)
 
 
-def open_sweep_engine(
-    engine: EngineName, model: ModelConfig, generation: GenerationSettings, prune: PruneConfig
-) -> Any:
-    """An engine with `encode`/`decode` for `ocrprune sweep` (one encoder pass, many keeps)."""
-    # `out` is never written: only the model, engine and decoding settings are read.
-    config = RunConfig(
-        inputs=(), out=Path("."), model=model, prune=prune, generation=generation, engine=engine
-    )
-    return open_backend(config)
+def resolve_device_dtype(model: ModelConfig) -> tuple[str, str]:
+    """The device and the dtype label (`bf16`, `fp32`, ...) the model will run on, as manifests
+    record them, without loading it (imports torch)."""
+    from ocrprune.runtime.hf.loading import dtype_label, select_device, select_dtype
+
+    device = select_device(model.device)
+    return str(device), dtype_label(select_dtype(model.dtype, device))
+
+
+__all__ = ["open_backend", "resolve_device_dtype"]

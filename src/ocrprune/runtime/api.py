@@ -4,8 +4,10 @@ Torch-free on purpose: the pipeline, the writers and the tests of the batch cont
 module without loading a model. An engine (`hf`: transformers `generate`; `vllm`: vLLM decoding of
 the same pruned prompts) takes page images and returns one `PageOutput` per page, in page order,
 with a neutral stop status; everything else the pipeline calls on it is declared in `Backend` and
-given a default in `BackendBase`, so nothing is reached by `getattr`. The factory that opens an
-engine is `ocrprune.runtime.open_backend`.
+given a default in `BackendBase`, so nothing is reached by `getattr`. `sweep` needs more of an
+engine (encode once, decode a subset at several keeps): `EncodingBackend`. An engine says what it
+loaded (`LoadedInfo`); the run description (`RunInfo`) is built above it by `describe_run`, from
+the settings and that record. The factory that opens an engine is `ocrprune.runtime.open_backend`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ocrprune import __version__
-from ocrprune.config import RunConfig, keep_label
+from ocrprune.config import keep_label
 from ocrprune.records import KeepInfo, RunInfo, TokenCounts
 
 if TYPE_CHECKING:
-    pass
+    from ocrprune.config import GenerationSettings, PruneConfig
 
 log = logging.getLogger("ocrprune")
 
@@ -52,6 +54,18 @@ class PageOutput:
     error: str | None = None  # set with status `model_error`
 
 
+@dataclass(frozen=True)
+class LoadedInfo:
+    """What an engine resolved when it loaded the model: the part of the run description only
+    the loaded model knows (the rest comes from the settings, in `describe_run`)."""
+
+    model: str  # the model id or folder as loaded
+    revision: str | None
+    device: str  # e.g. `cpu`, `cuda:0`
+    dtype: str  # the label manifests record: `bf16`, `fp16`, `fp32`
+    dummy: bool  # the built-in tiny-random model
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Pages in, one `PageOutput` per page out (same order), plus what a batch run needs."""
@@ -70,8 +84,26 @@ class Backend(Protocol):
         """Pages per `run` call when `--batch-size` is not given."""
         ...
 
-    def run_info(self) -> RunInfo:
-        """What produced the outputs (model, revision, device, engine, positions, ...)."""
+    def loaded_info(self) -> LoadedInfo:
+        """What was loaded (model, revision, device, dtype), for the run description."""
+        ...
+
+
+@runtime_checkable
+class EncodingBackend(Backend, Protocol):
+    """A `Backend` that `ocrprune sweep` can drive: encode a batch once, then decode it (or some
+    of its pages) at several keep settings. An encoded batch is the engine's own object."""
+
+    def encode(self, images: list[Any]) -> Any:
+        """Preprocess and run the vision encoder once for the batch."""
+        ...
+
+    def decode(self, encoded: Any, prune: PruneConfig | None = None) -> list[PageOutput]:
+        """Prune (with `prune`, else the engine's own setting) and generate each page."""
+        ...
+
+    def select(self, encoded: Any, indices: list[int]) -> Any:
+        """Pages `indices` of an encoded batch, to decode apart (the batch itself if all, in order)."""
         ...
 
 
@@ -91,27 +123,28 @@ class BackendBase:
     def batch_size_hint(self) -> int:
         return 1
 
-    def run_info(self) -> RunInfo:
-        raise NotImplementedError("this engine does not describe its run")
+    def loaded_info(self) -> LoadedInfo:
+        raise NotImplementedError("this engine does not say what it loaded")
 
 
 def describe_run(
-    config: RunConfig, *, model: str, revision: str | None, device: str, dtype: str, dummy: bool
+    loaded: LoadedInfo, *, generation: GenerationSettings, prune: PruneConfig, engine: str
 ) -> RunInfo:
-    """What produced the outputs, for every JSON document and the run report."""
+    """What produced the outputs, for every JSON document and the run report: the loaded model
+    (or, before one is loaded, what the settings expect) plus the settings it ran with."""
     return RunInfo(
-        model=model,
-        revision=revision,
-        mode=config.generation.mode,
-        keep=keep_label(config.prune.keep),
-        prune_method=config.prune.method,
-        prompt=config.generation.prompt,
-        device=device,
-        dtype=dtype,
-        dummy_model=dummy,
+        model=loaded.model,
+        revision=loaded.revision,
+        mode=generation.mode,
+        keep=keep_label(prune.keep),
+        prune_method=prune.method,
+        prompt=generation.prompt,
+        device=loaded.device,
+        dtype=loaded.dtype,
+        dummy_model=loaded.dummy,
         version=__version__,
-        engine=config.engine,
-        positions=POSITIONS[config.engine],
+        engine=engine,
+        positions=POSITIONS[engine],
     )
 
 
@@ -120,6 +153,8 @@ __all__ = [
     "POSITIONS",
     "Backend",
     "BackendBase",
+    "EncodingBackend",
+    "LoadedInfo",
     "PageOutput",
     "describe_run",
 ]

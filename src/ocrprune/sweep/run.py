@@ -38,7 +38,7 @@ from ocrprune.inputs import expand_inputs
 from ocrprune.progress import ProgressSink
 from ocrprune.run.batching import BatchFailure, run_split
 from ocrprune.run.driver import StreamHandler, drive
-from ocrprune.runtime import open_sweep_engine
+from ocrprune.runtime import open_backend
 from ocrprune.runtime.api import POSITIONS
 from ocrprune.sweep.fidelity import levenshtein, normalized_edit_distance
 from ocrprune.sweep.report import (
@@ -55,8 +55,7 @@ from ocrprune.writers.files import atomic_write, check_writable
 
 if TYPE_CHECKING:
     from ocrprune.raster import DocFailed, DocOpened, PageRendered
-    from ocrprune.runtime.api import PageOutput
-    from ocrprune.runtime.hf.engine import EncodedBatch, Engine
+    from ocrprune.runtime.api import EncodingBackend, PageOutput
 
 log = logging.getLogger("ocrprune")
 
@@ -134,7 +133,7 @@ class _SweepPages(StreamHandler[_Page]):
     """Sweep's side of the shared stream loop: rendered pages batch up for `_compare_batch`;
     a page that cannot be compared is listed in `skipped` with the reason."""
 
-    def __init__(self, engine: Engine, config: SweepConfig, skipped: list[SkippedPage], progress: ProgressSink | None) -> None:
+    def __init__(self, engine: EncodingBackend, config: SweepConfig, skipped: list[SkippedPage], progress: ProgressSink | None) -> None:
         self.engine, self.config, self.skipped, self.progress = engine, config, skipped, progress
         self.records: list[dict[str, Any]] = []
         self.waiting: dict[int, set[int]] = {}  # document index -> pages announced but not yet seen
@@ -175,7 +174,7 @@ def run_sweep(
     config: SweepConfig,
     *,
     progress: ProgressSink | None = None,
-    engine_factory: Callable[[], Engine] | None = None,
+    engine_factory: Callable[[], EncodingBackend] | None = None,
 ) -> SweepReport:
     """Render, encode once, decode per setting, compare, write `sweep.json` and `sweep.png`.
 
@@ -215,9 +214,9 @@ def _write(report: SweepReport, out: Path) -> SweepReport:
     return replace(report, out=out)
 
 
-def _build_engine(config: SweepConfig) -> Engine:
-    """The configured engine through the shared factory (it has `encode` and `decode`)."""
-    engine: Engine = open_sweep_engine(
+def _build_engine(config: SweepConfig) -> EncodingBackend:
+    """The configured engine through the shared factory (it has `encode`, `select` and `decode`)."""
+    engine: EncodingBackend = open_backend(
         config.engine,
         config.model,
         config.generation,
@@ -226,16 +225,14 @@ def _build_engine(config: SweepConfig) -> Engine:
     return engine
 
 
-def _run_info(engine: Engine | None, config: SweepConfig) -> dict[str, Any]:
-    from ocrprune.runtime.hf.loading import dtype_label
-
-    loaded = engine.loaded if engine is not None else None
+def _run_info(engine: EncodingBackend | None, config: SweepConfig) -> dict[str, Any]:
+    loaded = engine.loaded_info() if engine is not None else None
     return {
-        "model": loaded.model_id if loaded else config.model.model,
+        "model": loaded.model if loaded else config.model.model,
         "revision": loaded.revision if loaded else config.model.revision,
         "dummy_model": loaded.dummy if loaded else config.model.is_tiny_random,
-        "device": str(loaded.device) if loaded else config.model.device,
-        "dtype": dtype_label(loaded.dtype) if loaded else config.model.dtype,
+        "device": loaded.device if loaded else config.model.device,
+        "dtype": loaded.dtype if loaded else config.model.dtype,
         "mode": config.generation.mode,
         "prompt": config.generation.prompt,
         "max_new_tokens": config.generation.max_new_tokens,
@@ -248,7 +245,7 @@ def _run_info(engine: Engine | None, config: SweepConfig) -> dict[str, Any]:
 
 
 def _compare_batch(
-    engine: Engine, pages: list[_Page], config: SweepConfig, skipped: list[SkippedPage]
+    engine: EncodingBackend, pages: list[_Page], config: SweepConfig, skipped: list[SkippedPage]
 ) -> list[dict[str, Any]]:
     """Encode once and decode the reference through the shared batch driver (a failing batch is
     split; a page that still fails is skipped), then decode every other setting from the same
@@ -302,44 +299,20 @@ def _compare_batch(
 
 
 def _decode_each(
-    engine: Engine, encoded: EncodedBatch, indices: list[int], prune: PruneConfig
+    engine: EncodingBackend, encoded: Any, indices: list[int], prune: PruneConfig
 ) -> list[PageOutput | BatchFailure]:
     """Decode pages `indices` of an encoded batch through the shared driver: a failing batch is
     split and its pages decoded again from the same features."""
     results: dict[int, PageOutput | BatchFailure] = {}
 
     def run(batch: list[int]) -> list[PageOutput]:
-        subset = encoded if batch == list(range(len(encoded.features))) else _subset(encoded, batch)
-        return engine.decode(subset, prune=prune)
+        return engine.decode(engine.select(encoded, batch), prune=prune)
 
     def deliver(index: int, result: PageOutput | BatchFailure) -> None:
         results[index] = result
 
     run_split(indices, run, deliver, engine.recover)
     return [results[i] for i in indices]
-
-
-def _subset(encoded: EncodedBatch, indices: list[int]) -> EncodedBatch:
-    """Pages `indices` of an encoded batch, for decoding apart (decode reads no local pixels)."""
-    from ocrprune.runtime.hf.engine import EncodedBatch
-    from ocrprune.runtime.hf.preprocess import VisionBatch
-
-    vision = encoded.vision
-    count = len(encoded.features)
-    subset = VisionBatch(
-        pixel_values=vision.pixel_values[indices],
-        pixel_values_local=None,
-        num_local_patches=[vision.num_local_patches[i] for i in indices],
-        patches_grid=[vision.patches_grid[i] for i in indices],
-        geometry=[vision.geometry[i] for i in indices],
-    )
-    share = len(indices) / count
-    return EncodedBatch(
-        subset,
-        [encoded.features[i] for i in indices],
-        encoded.preprocess_ms * share,
-        encoded.encode_ms * share,
-    )
 
 
 def _record(page: _Page, label: str, out: PageOutput, ref: PageOutput) -> dict[str, Any]:

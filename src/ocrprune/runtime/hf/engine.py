@@ -21,7 +21,7 @@ from ocrprune.config import GenerationSettings, PruneConfig, keep_label
 from ocrprune.models.deepseek_ocr_v1 import DEEPSEEK_OCR_V1
 from ocrprune.records import KeepInfo, TokenCounts
 from ocrprune.rtprune import PruneRecord
-from ocrprune.runtime.api import BackendBase, PageOutput
+from ocrprune.runtime.api import BackendBase, LoadedInfo, PageOutput
 from ocrprune.runtime.hf.clock import StageClock
 from ocrprune.runtime.hf.generation import (
     Deadline,
@@ -29,7 +29,7 @@ from ocrprune.runtime.hf.generation import (
     PositionBudget,
     WindowedNoRepeatNGram,
 )
-from ocrprune.runtime.hf.loading import LoadedModel
+from ocrprune.runtime.hf.loading import LoadedModel, dtype_label
 from ocrprune.runtime.hf.preprocess import (
     VisionBatch,
     image_processor_for,
@@ -47,6 +47,26 @@ class EncodedBatch:
     features: list[torch.Tensor]
     preprocess_ms: float
     encode_ms: float
+
+    def subset(self, indices: list[int]) -> EncodedBatch:
+        """Pages `indices`, for decoding apart (decode reads no local pixels); the batch's
+        preprocess and encode times are shared pro rata."""
+        vision = self.vision
+        count = len(self.features)
+        subset = VisionBatch(
+            pixel_values=vision.pixel_values[indices],
+            pixel_values_local=None,
+            num_local_patches=[vision.num_local_patches[i] for i in indices],
+            patches_grid=[vision.patches_grid[i] for i in indices],
+            geometry=[vision.geometry[i] for i in indices],
+        )
+        share = len(indices) / count
+        return EncodedBatch(
+            subset,
+            [self.features[i] for i in indices],
+            self.preprocess_ms * share,
+            self.encode_ms * share,
+        )
 
 
 class Engine(BackendBase):
@@ -139,11 +159,11 @@ class Engine(BackendBase):
                 status = "timeout" if timed_out and len(ids) < budgets[i] else "length"
             results.append(
                 PageOutput(
-                    raw_text=self._text(ids),
+                    raw_text=self.decode_text(ids),
                     status=status,
                     token_ids=ids,
-                    tokens=_token_counts(page.record, inputs.unpruned_lengths[i], inputs.pruned_lengths[i], len(ids)),
-                    keep=_keep_info(page.record, prune),
+                    tokens=token_counts(page.record, inputs.unpruned_lengths[i], inputs.pruned_lengths[i], len(ids)),
+                    keep=keep_info(page.record, prune),
                     preprocess_ms=encoded.preprocess_ms / batch,
                     encode_ms=encoded.encode_ms / batch,
                     prune_ms=page.prune_ms,
@@ -155,6 +175,23 @@ class Engine(BackendBase):
 
     def run(self, images: list[Image.Image]) -> list[PageOutput]:
         return self.decode(self.encode(images))
+
+    def select(self, encoded: EncodedBatch, indices: list[int]) -> EncodedBatch:
+        """Pages `indices` of an encoded batch (the batch itself when that is all of it, in order)."""
+        if indices == list(range(len(encoded.features))):
+            return encoded
+        return encoded.subset(indices)
+
+    def loaded_info(self) -> LoadedInfo:
+        """The model as loaded: its id, revision, resolved device and dtype."""
+        loaded = self.loaded
+        return LoadedInfo(
+            model=loaded.model_id,
+            revision=loaded.revision,
+            device=str(loaded.device),
+            dtype=dtype_label(loaded.dtype),
+            dummy=loaded.dummy,
+        )
 
     def free_memory(self) -> int | None:
         """Free device memory in bytes on CUDA (for the automatic batch size), else None."""
@@ -173,12 +210,14 @@ class Engine(BackendBase):
             return None
         return torch.cuda.max_memory_allocated(self.loaded.device) / 2**20
 
-    def _text(self, ids: list[int]) -> str:
+    def decode_text(self, ids: list[int]) -> str:
+        """Generated token ids to text, without EOS, padding or BOS (special tokens kept otherwise)."""
         drop = {self.loaded.eos_token_id, self.loaded.pad_token_id, self.loaded.bos_token_id}
         return self.loaded.tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)
 
 
-def _token_counts(record: PruneRecord, unpruned: int, pruned: int, generated: int) -> TokenCounts:
+def token_counts(record: PruneRecord, unpruned: int, pruned: int, generated: int) -> TokenCounts:
+    """A page's token counts: what pruning did (`record`) and the prompt and output lengths."""
     return TokenCounts(
         visual_total=record.visual_total,
         visual_kept=record.visual_kept,
@@ -191,7 +230,8 @@ def _token_counts(record: PruneRecord, unpruned: int, pruned: int, generated: in
     )
 
 
-def _keep_info(record: PruneRecord, prune: PruneConfig) -> KeepInfo:
+def keep_info(record: PruneRecord, prune: PruneConfig) -> KeepInfo:
+    """A page's keep setting and the ratio pruning applied (`r_txt`/`r_sim` only for `auto`)."""
     auto = prune.keep == "auto"
     return KeepInfo(
         setting=keep_label(prune.keep),
@@ -202,4 +242,4 @@ def _keep_info(record: PruneRecord, prune: PruneConfig) -> KeepInfo:
     )
 
 
-__all__ = ["Engine", "EncodedBatch", "PageOutput"]
+__all__ = ["Engine", "EncodedBatch", "PageOutput", "keep_info", "token_counts"]

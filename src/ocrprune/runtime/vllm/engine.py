@@ -28,12 +28,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ocrprune.config import PruneConfig, RunConfig
+from ocrprune.config import GenerationSettings, ModelConfig, PruneConfig
 from ocrprune.errors import DependencyError, UsageError
-from ocrprune.records import RunInfo
-from ocrprune.runtime.api import BackendBase, PageOutput
-from ocrprune.runtime.hf.backend import run_info_for
-from ocrprune.runtime.hf.engine import EncodedBatch, Engine, _keep_info, _token_counts
+from ocrprune.runtime.api import BackendBase, LoadedInfo, PageOutput
+from ocrprune.runtime.hf.engine import EncodedBatch, Engine, keep_info, token_counts
 from ocrprune.runtime.hf.prune_hook import PrunedPage, build_decoder_inputs, prune_pages
 
 log = logging.getLogger("ocrprune")
@@ -71,7 +69,6 @@ class VllmEngine(BackendBase):
         llm: Any,
         sampling_params: Callable[..., Any],
         *,
-        config: RunConfig | None = None,
         sampling_extra: dict[str, Any] | None = None,
         encode_chunk: int = ENCODE_CHUNK,
         batch_hint: int | None = None,
@@ -79,7 +76,6 @@ class VllmEngine(BackendBase):
         self.hf = hf
         self.llm = llm
         self.sampling_params = sampling_params
-        self.config = config
         self.sampling_extra = dict(sampling_extra or {})
         self.encode_chunk = max(1, encode_chunk)
         self.batch_hint = batch_hint
@@ -107,10 +103,8 @@ class VllmEngine(BackendBase):
             return self.batch_hint
         return 64 if self.hf.loaded.device.type == "cuda" else 4
 
-    def run_info(self) -> RunInfo:
-        if self.config is None:
-            raise ValueError("a VllmEngine built without a RunConfig cannot describe its run")
-        return run_info_for(self.config, self.hf.loaded)
+    def loaded_info(self) -> LoadedInfo:
+        return self.hf.loaded_info()  # our encoder side; vLLM runs the same folder and dtype
 
     # -- encode (shared with hf) and decode (vLLM) ---------------------------------------------
     def encode(self, images: list[Image.Image]) -> EncodedBatch:
@@ -122,6 +116,10 @@ class VllmEngine(BackendBase):
         if len(chunks) == 1:
             return chunks[0]
         return _concat(chunks)
+
+    def select(self, encoded: EncodedBatch, indices: list[int]) -> EncodedBatch:
+        """Pages `indices` of an encoded batch, as the `hf` engine selects them."""
+        return self.hf.select(encoded, indices)
 
     @torch.inference_mode()
     def build_requests(
@@ -197,7 +195,7 @@ class VllmEngine(BackendBase):
         outputs = []
         for i, page in enumerate(pages):
             common: dict[str, Any] = {
-                "keep": _keep_info(page.record, prune),
+                "keep": keep_info(page.record, prune),
                 "preprocess_ms": encoded.preprocess_ms / count,
                 "encode_ms": encoded.encode_ms / count,
                 "prune_ms": page.prune_ms,
@@ -213,7 +211,7 @@ class VllmEngine(BackendBase):
                         raw_text="",
                         status="model_error",
                         token_ids=[],
-                        tokens=_token_counts(page.record, unpruned_len, pruned_len, 0),
+                        tokens=token_counts(page.record, unpruned_len, pruned_len, 0),
                         decode_ms=0.0,
                         error=errors[i],
                         **common,
@@ -224,10 +222,10 @@ class VllmEngine(BackendBase):
             status, ids, error = self.map_result(result)
             outputs.append(
                 PageOutput(
-                    raw_text=self.hf._text(ids),
+                    raw_text=self.hf.decode_text(ids),
                     status=status,
                     token_ids=ids,
-                    tokens=_token_counts(page.record, unpruned_len, pruned_len, len(ids)),
+                    tokens=token_counts(page.record, unpruned_len, pruned_len, len(ids)),
                     decode_ms=wall_ms / len(requests),
                     error=error,
                     **common,
@@ -311,26 +309,28 @@ def ngram_processor() -> Any:
     return NGramPerReqLogitsProcessor
 
 
-def open_vllm_backend(config: RunConfig) -> VllmEngine:
+def open_vllm_backend(
+    model: ModelConfig, generation: GenerationSettings, prune: PruneConfig
+) -> VllmEngine:
     """Check vLLM is importable, start it on the model folder, then load our encoder side."""
     vllm = import_vllm()
-    if config.model.is_tiny_random:
+    if model.is_tiny_random:
         raise UsageError(
             "--engine vllm needs a model folder or hub id; tiny-random exists only in memory"
         )
     from ocrprune.runtime.hf.loading import load_model, resolve_model_dir, verify_model_folder
 
-    folder, revision = resolve_model_dir(config.model.model, config.model.revision)
+    folder, revision = resolve_model_dir(model.model, model.revision)
     verify_model_folder(folder)  # a damaged folder is refused before vLLM starts on it
-    limit = config.generation.max_positions
-    dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(config.model.dtype, "auto")
+    limit = generation.max_positions
+    dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(model.dtype, "auto")
     utilization = float(os.environ.get("OCRPRUNE_VLLM_GPU_MEMORY", DEFAULT_GPU_MEMORY))
     # vLLM first: it sizes its KV cache from the memory free at start, and our encoder needs less.
     llm = vllm.LLM(
         model=str(folder),
         tokenizer=str(folder),
         dtype=dtype,
-        seed=config.model.seed,
+        seed=model.seed,
         max_model_len=limit,
         enable_prompt_embeds=True,
         enable_prefix_caching=False,  # pages share no prefix
@@ -338,16 +338,16 @@ def open_vllm_backend(config: RunConfig) -> VllmEngine:
         logits_processors=[ngram_processor()],
         gpu_memory_utilization=utilization,
     )
-    loaded = load_model(config.model)
+    loaded = load_model(model)
     drop_decoder_layers(loaded.model)
-    hf = Engine(loaded, config.generation, config.prune)
+    hf = Engine(loaded, generation, prune)
     log.info(
         "vLLM %s decodes; vision encoder and RTPrune on %s (revision %s)",
         vllm.__version__,
         loaded.device,
         revision,
     )
-    return VllmEngine(hf, llm, vllm.SamplingParams, config=config)
+    return VllmEngine(hf, llm, vllm.SamplingParams)
 
 
 def drop_decoder_layers(model: Any) -> None:

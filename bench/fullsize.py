@@ -209,13 +209,13 @@ def patch_density(view: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 @dataclass
 class PageBlock:
     features: torch.Tensor  # [L, D]
-    layout: Any  # rtprune.ImageLayout
+    layout: Any  # models.deepseek_ocr_v1.ImageLayout
     global_view: torch.Tensor  # [3, S, S]
 
 
 def page_blocks(pages: Sequence[Any], mode: str, hidden: int, seed: int = 0) -> list[PageBlock]:
     """Structured feature blocks (see the module docstring), fp32 on the CPU."""
-    from ocrprune import rtprune
+    from ocrprune.models.deepseek_ocr_v1 import ImageLayout
     from ocrprune.runtime.hf.preprocess import image_processor_for, preprocess
 
     vision = preprocess(list(pages), mode, image_processor_for(mode))
@@ -223,7 +223,7 @@ def page_blocks(pages: Sequence[Any], mode: str, hidden: int, seed: int = 0) -> 
     newline, separator = torch.randn(2, hidden, generator=generator)
     blocks, tile_start = [], 0
     for i, geo in enumerate(vision.geometry):
-        layout = rtprune.ImageLayout(geo.global_grid, geo.local_rows, geo.local_cols)
+        layout = ImageLayout(geo.global_grid, geo.local_rows, geo.local_cols)
         background = torch.randn(hidden, generator=generator)
         parts = []
         if geo.local_rows:
